@@ -1,0 +1,95 @@
+"""The Celery application: queues, reliability settings and the whole periodic schedule.
+
+Queues: ``matching`` (the matcher and spot rounds), ``provisioning`` (jobs onto agents and
+liveness), ``billing`` (settlement, payouts, statements) and ``default``. Tasks are routed by the
+prefix of their stable ``name=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, bootsteps
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("suanli")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+QUEUES = ("matching", "provisioning", "billing", "default")
+
+app.conf.update(
+    task_queues=[Queue(name) for name in QUEUES],
+    task_default_queue="default",
+    task_routes={
+        "marketplace.matching.*": {"queue": "matching"},
+        "marketplace.spot.*": {"queue": "matching"},
+        "marketplace.provisioning.*": {"queue": "provisioning"},
+        "providers.liveness.*": {"queue": "provisioning"},
+        "billing.*": {"queue": "billing"},
+    },
+    # A task is acknowledged only after it ran, so a worker killed mid-task leaves it queued
+    # for the next worker. Every task must therefore be safe to run twice.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_soft_time_limit=240,
+    task_time_limit=300,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    # Unacknowledged messages of a dead worker are redelivered after this long.
+    broker_transport_options={"visibility_timeout": 600},
+    worker_hijack_root_logger=False,
+    timezone="UTC",
+    enable_utc=True,
+)
+
+# The periodic schedule, in one place. Every entry names a task by its stable name; each task is
+# idempotent, so a late or doubled beat tick is harmless.
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+app.conf.beat_schedule = BEAT_SCHEDULE
+
+app.autodiscover_tasks()
+
+# --- Worker liveness for /healthz ----------------------------------------------------------------
+
+WORKER_SEEN_KEY = "suanli:celery:worker_seen"
+WORKER_SEEN_EVERY_S = 15.0
+
+
+class WorkerSeen(bootsteps.StartStopStep):
+    """Records, every few seconds, that a worker is alive and consuming (read by /healthz)."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        self.tref = worker.timer.call_repeatedly(WORKER_SEEN_EVERY_S, _record_worker_seen, (), priority=10)
+        _record_worker_seen()
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+def _record_worker_seen() -> None:
+    import time
+
+    from core.redis import redis_client
+
+    try:
+        redis_client().set(WORKER_SEEN_KEY, f"{time.time():.3f}", ex=120)
+    except Exception:  # liveness bookkeeping must never break the worker
+        logging.getLogger(__name__).warning("celery.worker_seen_failed", exc_info=True)
+
+
+app.steps["worker"].add(WorkerSeen)

@@ -1,0 +1,151 @@
+"""`make run`: the whole exchange in one terminal.
+
+Migrates, loads the catalog and demo data, then supervises gunicorn, a Celery worker, Celery beat
+and the simulated provider agents. Ctrl-C (SIGINT) or SIGTERM stops every child, then the embedded
+PostgreSQL and Redis when this run is using them. Data persists under ``var/`` between runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from config import embedded
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    host = str(db["HOST"])
+    user = db["USER"] or ""
+    password = db["PASSWORD"] or ""
+    auth = f"{user}:{password}@" if user else ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{db['NAME']}?host={host}"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{auth}{host}{port}/{db['NAME']}"
+
+
+class Command(BaseCommand):
+    help = "Run web, worker, beat and simulated agents against PostgreSQL and Redis."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("SUANLI_PORT", "8000")))
+        parser.add_argument("--host", default=os.environ.get("SUANLI_HOST", "127.0.0.1"))
+        parser.add_argument("--no-agents", action="store_true", help="do not start simulated agents")
+        parser.add_argument(
+            "--keep-services", action="store_true", help="leave embedded PostgreSQL/Redis running on exit"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+        embedded_db = not os.environ.get("DATABASE_URL")
+        embedded_redis = not os.environ.get("REDIS_URL")
+
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("loadcatalog")
+        call_command("seeddemo")
+
+        env = dict(os.environ)
+        env.update(DATABASE_URL=_database_url(), REDIS_URL=str(settings.REDIS_URL), PYTHONUNBUFFERED="1")
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        bind = f"{options['host']}:{options['port']}"
+        site_url = f"http://{'127.0.0.1' if options['host'] in {'0.0.0.0', '::'} else options['host']}:{options['port']}"  # noqa: S104
+        env.setdefault("SUANLI_SITE_URL", site_url)
+        python = sys.executable
+
+        self._spawn("web", [python, "-m", "gunicorn", "config.wsgi", "-b", bind, "-w", "2",
+                            "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10"], env)  # fmt: skip
+        self._spawn("worker", [python, "-m", "celery", "-A", "config.celery_app", "worker",
+                               "-Q", "matching,provisioning,billing,default", "-c", "2",
+                               "-n", "worker@%h", "-l", "info"], env)  # fmt: skip
+        self._spawn("beat", [python, "-m", "celery", "-A", "config.celery_app", "beat", "-l", "info",
+                             "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule")], env)  # fmt: skip
+
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+
+        if not options["no_agents"]:
+            from marketplace.management.commands.seeddemo import start_demo_agents
+
+            for name, process in start_demo_agents(
+                server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR)
+            ):
+                self.children.append((name, process))
+
+        self._wait_healthy(site_url)
+        self.stdout.write(self.style.SUCCESS(f"\nSuanli Exchange is running at {site_url}/"))
+        self.stdout.write("  demo buyer:    buyer@demo.suanli / demo-buyer-pass")
+        self.stdout.write("  demo provider: provider@demo.suanli / demo-provider-pass")
+        self.stdout.write("  operator:      admin / demo-admin-pass  (Django admin at /admin/)")
+        self.stdout.write(f"  logs:          {log_dir}/\nPress Ctrl-C to stop.\n")
+
+        try:
+            while not self.stopping:
+                for name, process in self.children:
+                    code = process.poll()
+                    if code is not None and name in {"web", "worker", "beat"}:
+                        self.stderr.write(f"{name} exited with {code}; stopping (see {log_dir}/{name}.log)")
+                        self.stopping = True
+                        break
+                time.sleep(0.5)
+        finally:
+            self._stop_children()
+            if not options["keep_services"]:
+                if embedded_redis:
+                    embedded.redis_stop(Path(settings.VAR_DIR))
+                if embedded_db:
+                    from django.db import connections
+
+                    connections.close_all()
+                    embedded.postgres_stop(Path(settings.VAR_DIR))
+            self.stdout.write("stopped cleanly")
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (Path(settings.VAR_DIR) / "log" / f"{name}.log").open("ab")
+        # Own process group: a terminal Ctrl-C reaches only this supervisor, which then stops
+        # the children in order instead of every process racing to exit.
+        process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.children.append((name, process))
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _wait_healthy(self, site_url: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            try:
+                with urllib.request.urlopen(f"{site_url}/healthz", timeout=5) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except Exception:  # noqa: BLE001, S110 - not up yet
+                pass
+            time.sleep(0.5)
+
+    def _stop_children(self) -> None:
+        # Agents first (they talk to web), then web and beat, the worker last so it can finish
+        # the task in hand (acks_late requeues anything it cannot).
+        order = sorted(self.children, key=lambda item: {"worker": 2, "web": 1, "beat": 1}.get(item[0], 0))
+        for _name, process in order:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _name, process in order:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

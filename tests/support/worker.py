@@ -1,0 +1,88 @@
+"""Run real Celery worker processes against the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_database_url() -> str:
+    """A libpq URL for the database pytest-django created (``test_suanli``)."""
+    db = settings.DATABASES["default"]
+    name = db["NAME"]  # pytest-django has already switched NAME to the test database
+    user = quote(str(db.get("USER") or ""))
+    password = quote(str(db.get("PASSWORD") or ""))
+    host = str(db.get("HOST") or "")
+    port = str(db.get("PORT") or "")
+    auth = f"{user}:{password}@" if user else ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{name}?host={quote(host)}"
+    return f"postgresql://{auth}{host}{':' + port if port else ''}/{name}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        SUANLI_ENV="test",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class CeleryWorker:
+    """One `celery worker` process (prefork, 2 children) consuming every queue."""
+
+    def __init__(self, *, concurrency: int = 2, log_path: Path | None = None) -> None:
+        self.concurrency = concurrency
+        self.log_path = log_path or ROOT / "var" / "test" / "celery-worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        from config.celery_app import app
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        app.control.purge()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config.celery_app", "worker",
+                "-Q", "matching,provisioning,billing,default",
+                "-c", str(self.concurrency), "-n", f"test-{os.getpid()}-{time.time_ns()}@%h",
+                "--without-mingle", "--without-gossip", "-l", "info",
+            ],
+            cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited early; see {self.log_path}")
+            if app.control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"celery worker did not answer within {timeout}s; see {self.log_path}")
+
+    def kill9(self) -> None:
+        """Kill the worker and its pool children at once, as a machine failure would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill9()
