@@ -12,6 +12,7 @@ the first caller starts the server, the others find it running.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import subprocess
@@ -39,6 +40,8 @@ def postgres_url(var_dir: Path) -> str:
     """Start (or find) the embedded PostgreSQL and return a libpq URL to its database."""
     # pgserver asks platformdirs for a runtime dir at import; the fallback it warns about is fine.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # Its exit handler only logs bookkeeping, sometimes after the test runner closed the stream.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
