@@ -48,6 +48,28 @@ def test_nvidia_smi_inventory(fake_bin: FakeBin) -> None:
     assert inv["software"] == {"cuda": "12.4", "driver": "550.54.15"}
 
 
+def test_nvidia_smi_inventory_recorded_on_a_real_h200(fake_bin: FakeBin) -> None:
+    # Captured verbatim from nvidia-smi on an H200 with driver 580.159.04 (see golden/README.md).
+    fake_bin.tool(
+        "nvidia-smi",
+        {NVIDIA_QUERY: "nvidia-smi-query-h200-real.csv", "--version": "nvidia-smi-version-580-real.txt"},
+    )
+
+    inv = detect().to_json()
+
+    assert inv["devices"] == [
+        {
+            "vendor": "nvidia",
+            "model": "NVIDIA H200",
+            "index": 0,
+            "uuid": "GPU-17224ae2-66d2-29f4-614d-d9089a2d5ec8",
+            "bus_id": "0000:00:06.0",
+            "memory_mib": 143771,
+        }
+    ]
+    assert inv["software"] == {"cuda": "13.0", "driver": "580.159.04"}
+
+
 def test_nvidia_cuda_version_from_header_when_version_flag_fails(
     fake_bin: FakeBin, capsys: pytest.CaptureFixture[str]
 ) -> None:
