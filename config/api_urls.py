@@ -4,4 +4,5 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("providers.api.urls")),
+    path("", include("marketplace.api.urls")),
 ]

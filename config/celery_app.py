@@ -52,7 +52,15 @@ app.conf.update(
 
 # The periodic schedule, in one place. Every entry names a task by its stable name; each task is
 # idempotent, so a late or doubled beat tick is harmless.
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Heartbeats land in Redis; move them to PostgreSQL in bulk (last_heartbeat_at, device
+    # health, pending -> online).
+    "providers-flush-heartbeats": {"task": "providers.liveness.flush_heartbeats", "schedule": 10.0},
+    # Silent nodes: online -> suspect after 45 s, -> offline after 150 s (flushes first).
+    "providers-liveness-sweep": {"task": "providers.liveness.sweep", "schedule": 15.0},
+    # Live jobs on offline nodes become lost (ended at the node's last heartbeat).
+    "marketplace-mark-lost-jobs": {"task": "marketplace.provisioning.mark_lost_jobs", "schedule": 15.0},
+}
 app.conf.beat_schedule = BEAT_SCHEDULE
 
 app.autodiscover_tasks()

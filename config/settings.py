@@ -199,6 +199,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.api.CursorPagination",
     "PAGE_SIZE": 50,
     "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%S.%fZ",
+    # Per client IP, in the Redis cache. Agent registration: bounds join-token guessing.
+    "DEFAULT_THROTTLE_RATES": {"agent_register": env_str("SUANLI_AGENT_REGISTER_RATE") or "20/min"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Suanli Exchange API",

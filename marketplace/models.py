@@ -193,3 +193,115 @@ class SpotPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.accelerator_id}/{self.region} @ {self.round_at:%Y-%m-%d %H:%M:%S}: {self.price_micros}"
+
+
+# --- Jobs ------------------------------------------------------------------------------------
+# What an agent executes. Minimal for the agent protocol; orders and allocations link to it with
+# the matcher.
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    ASSIGNED = "assigned", "Assigned"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    EXITED = "exited", "Exited"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+    PREEMPTED = "preempted", "Preempted"
+    LOST = "lost", "Lost"
+
+
+JOB_ENDED = frozenset(
+    {JobStatus.EXITED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.PREEMPTED, JobStatus.LOST}
+)
+# On a node: the agent has been told about it, or may be told about it on its next poll.
+JOB_LIVE = frozenset({JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING})
+
+# The one state machine of a job. ``lost``: the node went offline under it.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.ASSIGNED, JobStatus.STOPPED, JobStatus.FAILED}),
+    JobStatus.ASSIGNED: frozenset({JobStatus.STARTING, JobStatus.RUNNING, *JOB_ENDED}),
+    JobStatus.STARTING: frozenset({JobStatus.RUNNING, *JOB_ENDED}),
+    JobStatus.RUNNING: frozenset(JOB_ENDED),
+    **{status: frozenset() for status in JOB_ENDED},
+}
+
+
+class StopReason(models.TextChoices):
+    BUYER = "buyer", "Stopped by the buyer"
+    PREEMPTION = "preemption", "Preempted"
+    FUNDS = "funds", "Wallet cannot cover the next interval"
+    OPERATOR = "operator", "Stopped by an operator"
+    NODE_LOST = "node_lost", "The node went offline"
+
+
+class Job(TimeStampedModel):
+    """What one agent executes on some devices of its node."""
+
+    node = models.ForeignKey("providers.Node", on_delete=models.PROTECT, related_name="jobs")
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
+    )
+    device_indexes = ArrayField(models.PositiveSmallIntegerField(), default=list)
+    runtime = models.CharField(max_length=8, choices=Runtime.choices, default=Runtime.DOCKER)
+    image = models.CharField(max_length=255, blank=True)
+    command = models.JSONField(default=list, blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    ports = models.JSONField(default=list, blank=True)
+    memory_mib = models.PositiveBigIntegerField(null=True, blank=True)
+    cpus = models.PositiveIntegerField(null=True, blank=True)
+
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    exit_code = models.IntegerField(null=True, blank=True)
+    published_ports = models.JSONField(default=dict, blank=True)
+    message = models.TextField(blank=True)
+    last_event_seq = models.BigIntegerField(default=0)
+
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    stop_deadline = models.DateTimeField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=16, choices=StopReason.choices, blank=True)
+
+    # Byte offsets of the job's UTF-8 log: everything before ``log_start`` was dropped to keep
+    # at most LOG_MAX_BYTES per job; ``log_size`` is the next offset the agent must send.
+    log_size = models.BigIntegerField(default=0)
+    log_start = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["node", "status"], name="job_node_status")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(log_start__gte=0) & models.Q(log_size__gte=models.F("log_start")),
+                name="job_log_offsets_ordered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.status})"
+
+    @property
+    def ended(self) -> bool:
+        return self.status in JOB_ENDED
+
+
+class JobLogChunk(models.Model):
+    """One appended piece of a job's log: bytes ``[offset, end_offset)``."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_chunks")
+    offset = models.BigIntegerField()
+    end_offset = models.BigIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "offset"], name="job_log_chunk_offset_unique"),
+            models.CheckConstraint(
+                condition=models.Q(end_offset__gt=models.F("offset")), name="job_log_chunk_not_empty"
+            ),
+        ]
+        indexes = [models.Index(fields=["job", "end_offset"], name="job_log_chunk_end")]

@@ -1,7 +1,10 @@
 from django.urls import path
 
-from providers.api.views import AcceleratorListView
+from providers.api.views import AcceleratorListView, JoinTokenCreateView, NodeDetailView, NodeListView
 
 urlpatterns = [
     path("accelerators", AcceleratorListView.as_view(), name="accelerator-list"),
+    path("provider/join-tokens", JoinTokenCreateView.as_view(), name="provider-join-token-create"),
+    path("provider/nodes", NodeListView.as_view(), name="provider-node-list"),
+    path("provider/nodes/<int:node_id>", NodeDetailView.as_view(), name="provider-node-detail"),
 ]

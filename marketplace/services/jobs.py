@@ -1,0 +1,264 @@
+"""Jobs: assignment, the state machine, stop requests, agent events and lost jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import CapacityUnavailable, InvalidTransition, NotFound, ValidationFailed
+from marketplace.models import JOB_ENDED, JOB_LIVE, TRANSITIONS, Job, JobStatus, Runtime, StopReason
+from marketplace.services.work import node_nudge
+from providers.models import Device, Node, NodeStatus
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_NOTICE = timedelta(seconds=30)
+PREEMPTION_NOTICE = timedelta(seconds=120)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: the buyer-facing part of a job."""
+
+    runtime: str = Runtime.DOCKER
+    image: str = ""
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
+    memory_mib: int | None = None
+    cpus: int | None = None
+
+    def validate(self) -> None:
+        fields: dict[str, str] = {}
+        if self.runtime not in Runtime.values:
+            fields["runtime"] = f"Choose from {', '.join(Runtime.values)}."
+        if self.runtime == Runtime.DOCKER and not self.image.strip():
+            fields["image"] = "A docker job needs an image."
+        if self.runtime == Runtime.PROCESS and not self.command:
+            fields["command"] = "A process job needs a command."
+        if not all(isinstance(part, str) for part in self.command):
+            fields["command"] = "A list of strings."
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            fields["env"] = "An object of strings."
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in self.ports):
+            fields["ports"] = "A list of TCP ports (1-65535)."
+        if fields:
+            raise ValidationFailed("Invalid job spec.", fields=fields)
+
+
+def job_transition(*, job: Job, to: str, **changes: Any) -> Job:
+    """Move ``job`` from its current status to ``to`` with a conditional update.
+
+    Contract: allowed only along ``TRANSITIONS``; the row moves only if it is still in the
+    status ``job`` was read with (exactly one row changes), else ``InvalidTransition``. The
+    in-memory ``job`` is updated to match the row.
+    """
+    current = job.status
+    if to not in TRANSITIONS[current]:
+        raise InvalidTransition(f"A job cannot go from {current} to {to}.")
+    now = timezone.now()
+    moved = Job.objects.filter(pk=job.pk, status=current).update(status=to, updated_at=now, **changes)
+    if moved != 1:
+        raise InvalidTransition(f"Job {job.pk} is no longer {current}.")
+    job.status = to
+    job.updated_at = now
+    for name, value in changes.items():
+        setattr(job, name, value)
+    log.info("job.transition job_id=%s from=%s to=%s", job.pk, current, to)
+    return job
+
+
+def job_assign(
+    *, node: Node, device_indexes: Sequence[int], spec: JobSpec, buyer: User | None = None
+) -> Job:
+    """Create a job already ``assigned`` to ``node`` (until the matcher exists: tests and demo).
+
+    Contract: the devices must exist on the node and not be used by another live job of it
+    (checked under a lock on the node row, so two concurrent assignments cannot share a
+    device); the node's agent is nudged after commit.
+    """
+    spec.validate()
+    indexes = sorted(set(device_indexes))
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        if locked.status in (NodeStatus.RETIRED, NodeStatus.OFFLINE):
+            raise CapacityUnavailable(f"Node {node.pk} is {locked.status}.")
+        known = set(Device.objects.filter(node=locked, index__in=indexes).values_list("index", flat=True))
+        missing = [i for i in indexes if i not in known]
+        if missing:
+            raise ValidationFailed(
+                f"Node {node.pk} has no device {missing[0]}.", fields={"device_indexes": "Unknown device."}
+            )
+        busy = Job.objects.filter(node=locked, status__in=JOB_LIVE, device_indexes__overlap=indexes)
+        if busy.exists():
+            raise CapacityUnavailable("A device is already used by another job on this node.")
+        job = Job.objects.create(
+            node=locked,
+            buyer=buyer,
+            device_indexes=indexes,
+            runtime=spec.runtime,
+            image=spec.image,
+            command=list(spec.command),
+            env=dict(spec.env),
+            ports=list(spec.ports),
+            memory_mib=spec.memory_mib,
+            cpus=spec.cpus,
+            status=JobStatus.ASSIGNED,
+            assigned_at=timezone.now(),
+        )
+        node_nudge(node_ids=[locked.pk])
+    log.info("job.assigned job_id=%s node_id=%s devices=%s", job.pk, node.pk, indexes)
+    return job
+
+
+def job_stop_request(*, job: Job, reason: str = StopReason.BUYER, notice: timedelta | None = None) -> Job:
+    """Ask the job's agent to stop it: SIGTERM now, SIGKILL at the deadline.
+
+    Contract: a job the agent has not acknowledged yet stops at once without the agent; an
+    ended job is returned unchanged; asking again keeps the earlier (sooner) deadline unless the
+    new one is sooner. The agent is nudged after commit.
+    """
+    if reason not in StopReason.values:
+        raise ValidationFailed(
+            "Unknown stop reason.", fields={"reason": f"Choose from {', '.join(StopReason.values)}."}
+        )
+    if notice is None:
+        notice = PREEMPTION_NOTICE if reason == StopReason.PREEMPTION else DEFAULT_STOP_NOTICE
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.ended:
+            return job
+        if job.status == JobStatus.QUEUED or (job.status == JobStatus.ASSIGNED and job.accepted_at is None):
+            ended = JobStatus.PREEMPTED if reason == StopReason.PREEMPTION else JobStatus.STOPPED
+            return job_transition(job=job, to=ended, ended_at=now, stop_requested_at=now, stop_reason=reason)
+        deadline = now + notice
+        if job.stop_deadline is not None and job.stop_deadline <= deadline:
+            return job
+        Job.objects.filter(pk=job.pk).update(
+            stop_requested_at=job.stop_requested_at or now,
+            stop_deadline=deadline,
+            stop_reason=reason,
+            updated_at=now,
+        )
+        job.refresh_from_db()
+        node_nudge(node_ids=[job.node_id])
+    log.info("job.stop_requested job_id=%s reason=%s deadline=%s", job.pk, reason, job.stop_deadline)
+    return job
+
+
+# --- Agent events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEventIn:
+    seq: int
+    state: str  # accepted | starting | running | exited | failed | stopped
+    at: datetime
+    exit_code: int | None = None
+    ports: Mapping[str, Any] | Sequence[Any] | None = None
+    message: str = ""
+
+
+AGENT_STATES = ("accepted", "starting", "running", "exited", "failed", "stopped")
+_RANK = {JobStatus.ASSIGNED: 1, JobStatus.STARTING: 2, JobStatus.RUNNING: 3}
+
+
+def job_for_node(*, node: Node, job_id: int, lock: bool = False) -> Job:
+    """The node's job ``job_id``; another node's job is ``NotFound`` (no existence leak)."""
+    jobs = Job.objects.select_for_update() if lock else Job.objects.all()
+    job = jobs.filter(pk=job_id, node_id=node.pk).first()
+    if job is None:
+        raise NotFound("No such job on this node.")
+    return job
+
+
+def job_event_record(*, node: Node, job_id: int, event: JobEventIn) -> Job:
+    """Apply one agent event to the node's job.
+
+    Contract: idempotent by ``seq``: an event whose seq is not above ``last_event_seq`` changes
+    nothing. Events only move a job forward (``assigned < starting < running < ended``); a
+    stale or contradicting one (``running`` for a lost job) is recorded as seen and ignored, so
+    the agent never retries it forever. ``accepted`` acknowledges the assignment; ``stopped``
+    after a preemption request becomes ``preempted``. Times in the future are clamped to now.
+    """
+    if event.state not in AGENT_STATES:
+        raise ValidationFailed(
+            "Unknown job state.", fields={"state": f"Choose from {', '.join(AGENT_STATES)}."}
+        )
+    now = timezone.now()
+    at = min(event.at, now)
+    with transaction.atomic():
+        job = job_for_node(node=node, job_id=job_id, lock=True)
+        if event.seq <= job.last_event_seq:
+            return job
+        changes: dict[str, Any] = {"last_event_seq": event.seq}
+        if event.message:
+            changes["message"] = event.message[:2000]
+        if event.ports:
+            changes["published_ports"] = event.ports
+        target = _target_status(job, event.state)
+        if event.state == "accepted" and job.status == JobStatus.ASSIGNED and job.accepted_at is None:
+            changes["accepted_at"] = at
+        if target is None:
+            Job.objects.filter(pk=job.pk).update(updated_at=now, **changes)
+            for name, value in changes.items():
+                setattr(job, name, value)
+            return job
+        if job.accepted_at is None:
+            changes["accepted_at"] = at
+        if target == JobStatus.RUNNING:
+            changes["started_at"] = at
+        if target in JOB_ENDED:
+            changes["ended_at"] = at
+            changes["exit_code"] = event.exit_code
+        return job_transition(job=job, to=target, **changes)
+
+
+def _target_status(job: Job, state: str) -> str | None:
+    if job.ended:
+        return None
+    rank = _RANK.get(JobStatus(job.status), 0)
+    if state == "starting" and rank < _RANK[JobStatus.STARTING]:
+        return JobStatus.STARTING
+    if state == "running" and rank < _RANK[JobStatus.RUNNING]:
+        return JobStatus.RUNNING
+    if state in ("exited", "failed"):
+        return JobStatus(state)
+    if state == "stopped":
+        return JobStatus.PREEMPTED if job.stop_reason == StopReason.PREEMPTION else JobStatus.STOPPED
+    return None
+
+
+# --- Lost jobs ---------------------------------------------------------------------------------
+
+
+def jobs_mark_lost(*, node_ids: Sequence[int] | None = None) -> list[int]:
+    """Mark every live job on an offline node ``lost`` (optionally only on ``node_ids``).
+
+    Contract: each job moves with a conditional update, so a concurrent event wins and a second
+    run changes nothing. The job ends at the node's last heartbeat: billing stops there and the
+    buyer does not pay for the gap. Returns the ids of the jobs marked lost.
+    """
+    jobs = Job.objects.filter(status__in=JOB_LIVE, node__status=NodeStatus.OFFLINE).select_related("node")
+    if node_ids is not None:
+        jobs = jobs.filter(node_id__in=list(node_ids))
+    lost: list[int] = []
+    now = timezone.now()
+    for job in jobs.order_by("pk"):
+        ended_at = job.node.last_heartbeat_at or now
+        try:
+            job_transition(job=job, to=JobStatus.LOST, ended_at=max(ended_at, job.started_at or ended_at))
+        except InvalidTransition:
+            continue  # an agent event moved it first
+        lost.append(job.pk)
+    if lost:
+        log.info("jobs.lost job_ids=%s", lost)
+    return lost
