@@ -24,6 +24,15 @@ class UsageError(Exception):
     pass
 
 
+# The process runtime runs a buyer's command directly on the host, as the agent's user: no
+# container isolation. It is for trusted setups and simulated nodes, so a real node must opt in.
+PROCESS_HELP = "also run jobs as plain host processes (no container isolation; simulated nodes always may)"
+
+
+def _runtimes(allow_process: bool, simulate: str | None) -> list[str]:
+    return ["docker", "process"] if allow_process or simulate else ["docker"]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, like every other error of this CLI (argparse would print usage first).
@@ -48,6 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     join.add_argument("--state-dir", type=Path)
     join.add_argument("--simulate", metavar="PROFILE")
     join.add_argument("--force", action="store_true", help="re-register over an existing node")
+    join.add_argument("--allow-process-runtime", action="store_true", help=PROCESS_HELP)
 
     run = sub.add_parser("run", help="run the agent daemon")
     run.add_argument("--state-dir", type=Path)
@@ -59,6 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sample-interval", type=float, default=_env_float("SUANLI_AGENT_SAMPLE_INTERVAL", 30.0)
     )
     run.add_argument("--work-wait", type=int, default=25, help="long-poll seconds")
+    run.add_argument("--allow-process-runtime", action="store_true", help=PROCESS_HELP)
     return parser
 
 
@@ -139,6 +150,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         raise UsageError(f"already joined (credential at {state.credential_path}); use --force")
     name = args.name or socket.gethostname()
     inventory = detect(simulate=args.simulate, name=name).to_json()
+    inventory["software"]["runtimes"] = ",".join(_runtimes(args.allow_process_runtime, args.simulate))
     reply = AgentClient(args.server).register(token=args.token, name=name, inventory=inventory)
     if not isinstance(reply, dict) or not reply.get("credential"):
         raise UsageError("the server did not return a node credential")
@@ -150,6 +162,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "heartbeat_interval": reply.get("heartbeat_interval", 10),
             "name": name,
             "simulate": args.simulate,
+            "allow_process_runtime": bool(args.allow_process_runtime),
         }
     )
     print(f"joined as node {reply.get('node_id')} ({name}); credential in {state.credential_path}")
@@ -187,7 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         sample_interval=args.sample_interval,
         work_wait=args.work_wait,
     )
-    Agent(config, inventory=inventory, telemetry=telemetry).run_forever()
+    allowed = _runtimes(args.allow_process_runtime or bool(cred.get("allow_process_runtime")), simulate)
+    from providers.agent.runtimes.docker import DockerRuntime
+    from providers.agent.runtimes.process import ProcessRuntime
+
+    runtimes: dict[str, Any] = {"docker": DockerRuntime(state)}
+    if "process" in allowed:
+        runtimes["process"] = ProcessRuntime(state)
+    Agent(config, inventory=inventory, telemetry=telemetry, runtimes=runtimes).run_forever()
     return EXIT_OK
 
 

@@ -143,7 +143,7 @@ class Agent:
     def _runtime(self, rec: JobRecord) -> Runtime:
         runtime = self.runtimes.get(rec.runtime)
         if runtime is None:
-            raise StartError(f"unsupported runtime {rec.runtime!r}")
+            raise StartError(f"runtime {rec.runtime!r} is not enabled on this node")
         return runtime
 
     def _emit(self, rec: JobRecord, state: str, **kwargs: Any) -> None:

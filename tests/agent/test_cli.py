@@ -101,10 +101,27 @@ def test_join_stores_credential_0600(tmp_path: Path, exchange: FakeExchange) -> 
     assert body["token"] == "jt_good" and body["name"] == "rack1-n3"
     assert body["agent_version"] == "0.1.0"
     assert [d["model"] for d in body["inventory"]["devices"]] == ["910B1"] * 4
+    # Simulated nodes may run plain processes; real ones only containers unless they opt in.
+    assert body["inventory"]["software"]["runtimes"] == "docker,process"
     assert "Authorization" not in exchange.paths("/register")[0].headers
 
     again = cli("join", "--server", exchange.url, "--token", "jt_2", "--state-dir", str(state))
     assert again.returncode == 2 and "already joined" in again.stderr
+
+
+def test_real_node_runs_containers_only_unless_it_opts_in(tmp_path: Path, exchange: FakeExchange) -> None:
+    plain = cli("join", "--server", exchange.url, "--token", "jt_a", "--state-dir", str(tmp_path / "a"))
+    opted = cli(
+        "join", "--server", exchange.url, "--token", "jt_b", "--state-dir", str(tmp_path / "b"),
+        "--allow-process-runtime",
+    )  # fmt: skip
+
+    assert plain.returncode == 0, plain.stderr
+    assert opted.returncode == 0, opted.stderr
+    first, second = (r.body["inventory"]["software"]["runtimes"] for r in exchange.paths("/register"))
+    assert first == "docker"
+    assert second == "docker,process"
+    assert json.loads((tmp_path / "b" / "credential.json").read_text())["allow_process_runtime"] is True
 
 
 def test_join_rejected_token_exits_2_with_server_message(tmp_path: Path, exchange: FakeExchange) -> None:
