@@ -1,6 +1,9 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from providers.models import AcceleratorModel, Device, JoinToken, Node, Provider, ProviderMembership
+from providers.services import join_token_create
 
 
 @admin.register(AcceleratorModel)
@@ -21,6 +24,18 @@ class ProviderAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "stripe_account_id", "payouts_enabled", "created_at")
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
+    actions = ["create_join_token"]
+
+    @admin.action(description="Create a join token (shown once)")
+    def create_join_token(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            issued = join_token_create(provider=provider, created_by=request.user)  # type: ignore[arg-type]
+            self.message_user(
+                request,
+                f"{provider.name}: expires {issued.join_token.expires_at:%Y-%m-%d %H:%M} UTC. "
+                f"Run on the node: {issued.install_command}",
+                messages.SUCCESS,
+            )
 
 
 class DeviceInline(admin.TabularInline):

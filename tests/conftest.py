@@ -22,6 +22,20 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("SUANLI_VAR_DIR", str(ROOT / "var" / "test"))
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: object) -> None:
+    """Re-seed the hardware catalog once per session.
+
+    A ``transaction=True`` test truncates every table when it ends, the migration-seeded catalog
+    included, and ``--reuse-db`` carries that into the next run.
+    """
+    from providers.catalog import catalog_sync
+    from providers.models import AcceleratorModel
+
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        catalog_sync(AcceleratorModel)
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis(settings: object) -> None:
     """Each test starts with an empty Redis database (heartbeats, rate limits, cache)."""

@@ -75,9 +75,7 @@ def job_transition(*, job: Job, to: str, **changes: Any) -> Job:
     return job
 
 
-def job_assign(
-    *, node: Node, device_indexes: Sequence[int], spec: JobSpec, buyer: User | None = None
-) -> Job:
+def job_assign(*, node: Node, device_indexes: Sequence[int], spec: JobSpec, buyer: User | None = None) -> Job:
     """Create a job already ``assigned`` to ``node`` (until the matcher exists: tests and demo).
 
     Contract: the devices must exist on the node and not be used by another live job of it

@@ -59,7 +59,7 @@ def job_log_append(*, node: Node, job_id: int, offset: int, data: str) -> int:
         JobLogChunk.objects.create(job=job, offset=size, end_offset=end, data=new)
         changes: dict[str, int] = {"log_size": end}
         if end - job.log_start > LOG_MAX_BYTES:
-            dropped, _ = JobLogChunk.objects.filter(job=job, end_offset__lte=end - LOG_MAX_BYTES).delete()
+            dropped, _ = JobLogChunk.objects.filter(job=job, offset__lt=end - LOG_MAX_BYTES).delete()
             if dropped:
                 start = JobLogChunk.objects.filter(job=job).aggregate(start=Min("offset"))["start"]
                 changes["log_start"] = start if start is not None else end

@@ -8,7 +8,8 @@ import factory
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from providers.models import Node, Provider, ProviderMembership
+from providers.catalog import catalog_sync
+from providers.models import AcceleratorModel, Node, Provider, ProviderMembership
 from providers.services import inventory_from_json, join_token_create, node_register
 
 
@@ -58,10 +59,18 @@ def h100_inventory(count: int = 2, *, name: str = "node") -> dict[str, Any]:
     }
 
 
+def ensure_catalog() -> None:
+    """The catalog is seeded by a migration, but a ``transaction=True`` test truncates every
+    table when it ends; put it back for the tests that follow."""
+    if not AcceleratorModel.objects.exists():
+        catalog_sync(AcceleratorModel)
+
+
 def registered_node(
     provider: Provider | None = None, *, name: str = "node-1", devices: int = 2, region: str = "cn-east"
 ) -> tuple[Node, str]:
     """A node registered through the real service; returns it with its credential."""
+    ensure_catalog()
     provider = provider or ProviderFactory()
     issued = join_token_create(provider=provider, created_by=None, region=region, cluster="sh-a")
     registered = node_register(
