@@ -4,5 +4,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("providers.api.urls")),
+    path("", include("billing.api.urls")),
     path("", include("marketplace.api.urls")),
 ]

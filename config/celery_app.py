@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.schedules import crontab
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -60,6 +61,19 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "providers-liveness-sweep": {"task": "providers.liveness.sweep", "schedule": 15.0},
     # Live jobs on offline nodes become lost (ended at the node's last heartbeat).
     "marketplace-mark-lost-jobs": {"task": "marketplace.provisioning.mark_lost_jobs", "schedule": 15.0},
+    # --- billing ---
+    # Settle every open lease through "now" (cumulative, so a late or doubled tick posts nothing extra).
+    "billing-settle": {"task": "billing.settle", "schedule": 60.0},
+    # Compare cached balances with the sum of entries; drift is logged as an error.
+    "billing-reconcile": {"task": "billing.reconcile", "schedule": crontab(minute=17)},
+    # Pay provider payable above the threshold out to Stripe Connect, once a day.
+    "billing-payouts": {"task": "billing.payouts.run", "schedule": crontab(hour=3, minute=0)},
+    # Keep this month's draft statements current; finalize last month's on the 1st.
+    "billing-statements-refresh": {"task": "billing.statements.refresh", "schedule": crontab(hour=1, minute=30)},
+    "billing-statements-finalize": {
+        "task": "billing.statements.finalize",
+        "schedule": crontab(day_of_month=1, hour=2, minute=0),
+    },
 }
 app.conf.beat_schedule = BEAT_SCHEDULE
 

@@ -227,6 +227,21 @@ STRIPE_WEBHOOK_SECRET = env_secret(
 # Points the stripe library at another API host (the local fake Stripe server in tests/dev).
 STRIPE_API_BASE = env_str("STRIPE_API_BASE")
 
+# --- Billing -----------------------------------------------------------------------------------
+
+# How far below zero a buyer wallet may go by default (micro-units; 0 = prepaid only).
+BILLING_CREDIT_LINE_MICROS = env_int("BILLING_CREDIT_LINE_MICROS", 0, minimum=0)
+# Provider payable at or above this is paid out by the daily payout task (default 20.00).
+BILLING_PAYOUT_THRESHOLD_MICROS = env_int("BILLING_PAYOUT_THRESHOLD_MICROS", 20_000_000, minimum=1)
+# Share of a reserved booking kept when it is cancelled before its start (basis points).
+BILLING_RESERVATION_CANCEL_FEE_BPS = env_int("BILLING_RESERVATION_CANCEL_FEE_BPS", 1000, minimum=0)
+if BILLING_RESERVATION_CANCEL_FEE_BPS > 10_000:
+    raise ImproperlyConfigured("BILLING_RESERVATION_CANCEL_FEE_BPS must be between 0 and 10000")
+# Seconds between settlement runs (the beat schedule and the auto-stop horizon both use it).
+BILLING_SETTLEMENT_INTERVAL_S = env_int("BILLING_SETTLEMENT_INTERVAL_S", 60, minimum=1)
+# Smallest top-up accepted through the API (micro-units; default 5.00).
+BILLING_MIN_TOP_UP_MICROS = env_int("BILLING_MIN_TOP_UP_MICROS", 5_000_000, minimum=1)
+
 # --- Logging -----------------------------------------------------------------------------------
 
 LOG_LEVEL = (env_str("SUANLI_LOG_LEVEL") or "INFO").upper()

@@ -7,5 +7,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("config.api_urls")),
+    # Stripe webhook and statement downloads (billing).
+    path("billing/", include("billing.urls")),
     path("api/agent/v1/", include("config.agent_urls")),
 ]
