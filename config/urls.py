@@ -10,4 +10,7 @@ urlpatterns = [
     # Stripe webhook and statement downloads (billing).
     path("billing/", include("billing.urls")),
     path("api/agent/v1/", include("config.agent_urls")),
+    # Portal: the language switcher (POST /i18n/setlang/) and core's pages (home, accounts, keys).
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("core.urls")),
 ]
