@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format venv clean-var
+.PHONY: run test lint format messages venv clean-var
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is required" >&2; exit 1; }
@@ -33,6 +33,13 @@ lint: venv
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## Refresh locale/*/django.po from the code and templates, then compile the .mo files.
+## Translate any new msgid in the .po, run this again, and commit both files (make run and
+## make test use the committed .mo; tests/core/test_translations.py checks they are current).
+messages: venv
+	$(BIN)/python manage.py makemessages -l zh_Hans
+	$(BIN)/python manage.py compilemessages -l zh_Hans --ignore .venv --ignore var
 
 ## Remove local data (embedded databases, logs, agent state).
 clean-var:
