@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -288,14 +289,40 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
     return RegisteredNode(node=node, credential=credential, heartbeat_interval=HEARTBEAT_INTERVAL_S)
 
 
+# Node credentials are checked on every agent request (a heartbeat every 10 s per node); a short
+# per-process cache keeps that off PostgreSQL. Bound: a retired node's credential keeps working
+# in a process that has it cached for at most NODE_AUTH_CACHE_S.
+NODE_AUTH_CACHE_S = 10.0
+_node_auth_cache: dict[str, tuple[float, Node]] = {}
+_node_auth_lock = threading.Lock()
+
+
+def node_auth_cache_clear() -> None:
+    with _node_auth_lock:
+        _node_auth_cache.clear()
+
+
 def node_authenticate(credential: str) -> Node | None:
-    """The non-retired node holding ``credential``, or None (constant-time hash comparison)."""
+    """The non-retired node holding ``credential``, or None (constant-time hash comparison).
+
+    The returned node may be up to ``NODE_AUTH_CACHE_S`` old: use it for its id and provider,
+    re-read anything that must be current.
+    """
     parts = credential.split("_", 2)
     if len(parts) != 3 or parts[0] != "nc" or not parts[1]:
         return None
+    digest = hash_secret(credential)
+    now = time.monotonic()
+    cached = _node_auth_cache.get(digest)
+    if cached is not None and now - cached[0] < NODE_AUTH_CACHE_S:
+        return cached[1]
     node = Node.objects.filter(credential_prefix=parts[1]).exclude(status=NodeStatus.RETIRED).first()
-    if node is None or not secrets.compare_digest(node.credential_hash, hash_secret(credential)):
+    if node is None or not secrets.compare_digest(node.credential_hash, digest):
         return None
+    with _node_auth_lock:
+        if len(_node_auth_cache) > 100_000:
+            _node_auth_cache.clear()
+        _node_auth_cache[digest] = (now, node)
     return node
 
 

@@ -88,6 +88,14 @@ def job_assign(*, node: Node, device_indexes: Sequence[int], spec: JobSpec, buye
         locked = Node.objects.select_for_update().get(pk=node.pk)
         if locked.status in (NodeStatus.RETIRED, NodeStatus.OFFLINE):
             raise CapacityUnavailable(f"Node {node.pk} is {locked.status}.")
+        # The agent reports the runtimes it allows ("docker,process"); the process runtime has no
+        # isolation and is opt-in on real nodes.
+        offered = locked.software.get("runtimes") if isinstance(locked.software, dict) else None
+        if isinstance(offered, str) and spec.runtime not in offered.split(","):
+            raise ValidationFailed(
+                f"Node {node.pk} does not run {spec.runtime} jobs (it offers {offered}).",
+                fields={"runtime": f"This node offers {offered}."},
+            )
         known = set(Device.objects.filter(node=locked, index__in=indexes).values_list("index", flat=True))
         missing = [i for i in indexes if i not in known]
         if missing:

@@ -20,13 +20,12 @@ from providers.api.serializers import (
     JoinTokenInSerializer,
     NodeSerializer,
     RegisterInSerializer,
+    parse_heartbeat,
 )
 from providers.auth import IsNodeAgent, NodeCredentialAuthentication, request_node
 from providers.models import AcceleratorModel, Node
 from providers.selectors import node_get_for_member, nodes_for_member, provider_for_member
 from providers.services import (
-    DeviceReading,
-    HeartbeatIn,
     heartbeat_record,
     inventory_from_json,
     join_token_create,
@@ -193,26 +192,5 @@ class AgentHeartbeatView(APIView):
     )
     def post(self, request: Request) -> Response:
         node = request_node(request)
-        body = HeartbeatInSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        heartbeat_record(
-            node=node,
-            payload=HeartbeatIn(
-                agent_version=data["agent_version"],
-                running_jobs=data["running_jobs"],
-                devices=[
-                    DeviceReading(
-                        index=d["index"],
-                        uuid=d["uuid"],
-                        health=d["health"],
-                        utilization_pct=None if d["utilization_pct"] is None else float(d["utilization_pct"]),
-                        memory_used_mib=d["memory_used_mib"],
-                        power_w=None if d["power_w"] is None else float(d["power_w"]),
-                        temperature_c=None if d["temperature_c"] is None else float(d["temperature_c"]),
-                    )
-                    for d in data["devices"]
-                ],
-            ),
-        )
+        heartbeat_record(node=node, payload=parse_heartbeat(request.data))
         return Response({"node_status": node.status, "server_time": timezone.now()})

@@ -396,3 +396,13 @@ def test_live_jobs_on_an_offline_node_become_lost_at_the_last_heartbeat(node_and
     # The agent's late events change nothing; its next poll tells it to stop the job.
     assert event(client, running, 2, "running").json() == {"job_status": "lost"}
     assert [s["job_id"] for s in work(client, running=[running.pk])["stop"]] == [running.pk]
+
+
+def test_a_job_needs_a_runtime_the_node_offers(node_and_client):
+    from core.errors import ValidationFailed
+
+    node, _client = node_and_client
+    Node.objects.filter(pk=node.pk).update(software={"cuda": "12.4", "runtimes": "docker"})
+    with pytest.raises(ValidationFailed):
+        job_assign(node=node, device_indexes=[0], spec=SPEC)
+    assert job_assign(node=node, device_indexes=[0], spec=JobSpec(image="python:3.12")).runtime == "docker"

@@ -10,7 +10,13 @@ from django.utils import timezone
 
 from core.redis import redis_client
 from providers.models import Device, Node, NodeStatus
-from providers.services import HEARTBEAT_DIRTY_KEY, heartbeat_latest, heartbeats_flush, liveness_sweep
+from providers.services import (
+    HEARTBEAT_DIRTY_KEY,
+    heartbeat_latest,
+    heartbeats_flush,
+    liveness_sweep,
+    node_auth_cache_clear,
+)
 from providers.tasks import sweep
 from tests.providers.factories import ProviderFactory, agent_client, registered_node
 
@@ -33,11 +39,15 @@ def beat(credential: str, *, health: str = "ok", version: str = "0.2.0", running
     return agent_client(credential).post(HEARTBEAT, body, format="json")
 
 
-def test_heartbeat_lands_in_redis_only(django_assert_max_num_queries):
+def test_heartbeat_lands_in_redis_only(django_assert_max_num_queries, django_assert_num_queries):
     node, credential = registered_node()
-    # One query: the credential lookup. Nothing is written to PostgreSQL on the hot path.
+    node_auth_cache_clear()
+    # At most one query: the credential lookup. Nothing is written to PostgreSQL on the hot path.
     with django_assert_max_num_queries(1):
         response = beat(credential, running=[5])
+    # And the lookup is cached for a few seconds: the next heartbeat needs no database at all.
+    with django_assert_num_queries(0):
+        assert beat(credential, running=[5]).status_code == 200
     assert response.status_code == 200
     body = response.json()
     assert body["node_status"] == "pending" and body["server_time"].endswith("Z")
@@ -191,3 +201,39 @@ def test_device_health_of_unknown_indexes_is_ignored():
     )
     heartbeats_flush()
     assert list(Device.objects.filter(node=node).values_list("health", flat=True)) == ["ok"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"agent_version": "1.2.3", "running_jobs": [1, 2], "devices": []},
+        {"devices": [{"index": 0, "health": "ok"}]},
+        {"devices": [{"index": 0, "uuid": "u", "health": "failed", "utilization_pct": 0, "power_w": 0.5,
+                      "memory_used_mib": 0, "temperature_c": -5}]},
+        {"devices": [{"index": 0, "health": "ok", "power_w": True}]},
+        {"devices": [{"index": 0, "health": "ok", "memory_used_mib": 1.5}]},
+        {"devices": [{"index": 0, "health": "ok", "temperature_c": 301}]},
+        {"devices": [{"index": 32768, "health": "ok"}]},
+        {"devices": [{"index": 0, "uuid": None, "health": "ok"}]},
+        {"devices": [{"health": "ok"}]},
+        {"devices": ["gpu"]},
+        {"agent_version": 1},
+        {"agent_version": "x" * 33},
+        {"running_jobs": [0]},
+        {"running_jobs": [True]},
+        {"running_jobs": "1"},
+        {"devices": [{"index": 0, "health": "ok"}] * 65},
+    ],
+)  # fmt: skip
+def test_the_fast_heartbeat_parser_agrees_with_the_documented_serializer(body):
+    from core.errors import ValidationFailed
+    from providers.api.serializers import HeartbeatInSerializer, parse_heartbeat
+
+    serializer_ok = HeartbeatInSerializer(data=body).is_valid()
+    try:
+        parse_heartbeat(body)
+        parser_ok = True
+    except ValidationFailed:
+        parser_ok = False
+    assert parser_ok == serializer_ok

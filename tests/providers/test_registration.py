@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from providers.models import Device, JoinToken, Node, NodeStatus
-from providers.services import join_token_create
+from providers.services import join_token_create, node_auth_cache_clear
 from tests.providers.factories import (
     ProviderFactory,
     agent_client,
@@ -258,6 +258,7 @@ def test_node_credential_auth(issued):
     assert agent_client("sk_abc_def").post(heartbeat, {}, format="json").status_code in (401, 403)
     assert agent_client(credential).post(heartbeat, {}, format="json").status_code == 200
     Node.objects.filter(pk=node.pk).update(status=NodeStatus.RETIRED)
+    node_auth_cache_clear()  # a retirement takes effect within NODE_AUTH_CACHE_S
     assert agent_client(credential).post(heartbeat, {}, format="json").status_code == 401
 
 
