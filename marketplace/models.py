@@ -305,3 +305,6 @@ class JobLogChunk(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["job", "end_offset"], name="job_log_chunk_end")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} log [{self.offset}, {self.end_offset})"
