@@ -135,7 +135,8 @@ class Transaction(models.Model):
     idempotency_key = models.CharField(max_length=200, unique=True)
     currency = models.CharField(max_length=3)
     memo = models.CharField(max_length=200, blank=True)
-    posted_at = models.DateTimeField(db_index=True)
+    # Not indexed: statements reach transactions through the (account, transaction) entry index.
+    posted_at = models.DateTimeField()
 
     def __str__(self) -> str:
         return f"{self.kind} {self.idempotency_key}"
@@ -145,10 +146,12 @@ class Entry(models.Model):
     """One leg of a transaction: a signed amount on one account (append-only)."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # No index of its own: the (account, transaction) index below serves lookups by account.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries", db_index=False)
     amount_micros = models.BigIntegerField()
     # The lease this leg bills (statements group by it); a plain id, like everything cross-app.
-    lease_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    # Not indexed: statements find entries by account, and every index taxes settlement.
+    lease_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "entries"

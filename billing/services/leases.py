@@ -10,6 +10,7 @@ from __future__ import annotations
 import decimal
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from django.db import transaction
 
@@ -19,6 +20,8 @@ from core.errors import InvalidTransition, ValidationFailed
 from core.money import round_micros
 
 MINIMUM_SECONDS = Decimal(60)
+_MINIMUM_USEC = 60_000_000
+_USEC_PER_HOUR = Decimal(3_600_000_000)
 _CTX = decimal.Context(prec=60)
 
 
@@ -30,27 +33,60 @@ def seconds_between(start: datetime, end: datetime) -> Decimal:
     return Decimal(delta.days * 86_400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 
 
-def lease_cost_exact(lease: Lease, until: datetime) -> tuple[Decimal, Decimal]:
-    """(cost in micro-units x 3600, billable seconds) of ``lease`` up to ``until``, unrounded."""
-    accrued = Decimal(lease.accrued_micro_seconds)
-    seconds = Decimal(lease.accrued_seconds)
+class PricedTime(Protocol):
+    """What the charge needs to know about a lease (a ``Lease`` or a lighter row)."""
+
+    @property
+    def accrued_micro_seconds(self) -> Decimal: ...
+    @property
+    def accrued_seconds(self) -> Decimal: ...
+    @property
+    def segment_started_at(self) -> datetime | None: ...
+    @property
+    def ends_at(self) -> datetime | None: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def rate_micros(self) -> int: ...
+    @property
+    def device_count(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+
+
+def _usec(start: datetime, end: datetime) -> int:
+    if end <= start:
+        return 0
+    delta = end - start
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _cost_usec(lease: PricedTime, until: datetime) -> tuple[int, int]:
+    """(rate micros x devices x microseconds, billable microseconds) up to ``until``: exact integers."""
+    accrued = int(Decimal(lease.accrued_micro_seconds).scaleb(6))
+    usec = int(Decimal(lease.accrued_seconds).scaleb(6))
+    per_usec = lease.rate_micros * lease.device_count
     if lease.segment_started_at is not None:
         end = until if lease.ends_at is None else min(until, lease.ends_at)
-        extra = seconds_between(lease.segment_started_at, end)
-        accrued = _CTX.add(accrued, _CTX.multiply(Decimal(lease.rate_micros * lease.device_count), extra))
-        seconds += extra
-    if until >= lease.started_at and seconds < MINIMUM_SECONDS and lease.status != LeaseStatus.CANCELLED:
-        accrued = _CTX.add(
-            accrued, _CTX.multiply(Decimal(lease.rate_micros * lease.device_count), MINIMUM_SECONDS - seconds)
-        )
-        seconds = MINIMUM_SECONDS
-    return accrued, seconds
+        extra = _usec(lease.segment_started_at, end)
+        accrued += per_usec * extra
+        usec += extra
+    if until >= lease.started_at and usec < _MINIMUM_USEC and lease.status != LeaseStatus.CANCELLED:
+        accrued += per_usec * (_MINIMUM_USEC - usec)
+        usec = _MINIMUM_USEC
+    return accrued, usec
 
 
-def lease_charge_until(lease: Lease, until: datetime) -> int:
+def lease_cost_exact(lease: PricedTime, until: datetime) -> tuple[Decimal, Decimal]:
+    """(cost in micro-units x 3600, billable seconds) of ``lease`` up to ``until``, unrounded."""
+    accrued, usec = _cost_usec(lease, until)
+    return Decimal(accrued).scaleb(-6), Decimal(usec).scaleb(-6)
+
+
+def lease_charge_until(lease: PricedTime, until: datetime) -> int:
     """The cumulative charge of ``lease`` through ``until`` in micro-units (booked rounding)."""
-    accrued, _ = lease_cost_exact(lease, until)
-    return round_micros(_CTX.divide(accrued, Decimal(3600)))
+    accrued, _ = _cost_usec(lease, until)
+    return round_micros(_CTX.divide(Decimal(accrued), _USEC_PER_HOUR))
 
 
 def fee_for(charged_micros: int, fee_bps: int) -> int:

@@ -9,22 +9,24 @@ by one interval. Buyer charge = provider earning + platform fee, exactly, in eve
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import structlog
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 
 from billing.models import Account, AccountKind, Lease, LeaseKind, LeaseStatus, TransactionKind
 from billing.services.leases import fee_for, horizon, lease_charge_until
-from billing.services.ledger import Posting, account_get, accounts_lock, postings_write
+from billing.services.ledger import Posting, account_get, postings_write
 
 log = structlog.get_logger(__name__)
 
-CHUNK_SIZE = 500
+CHUNK_SIZE = 5000
 
 
 @dataclass
@@ -36,30 +38,78 @@ class SettlementResult:
     owed_micros: int = 0
 
 
-def _accounts_for(
-    leases: list[Lease],
+class _LeaseRow(NamedTuple):
+    """The columns settlement needs, read without model instantiation (hot loop)."""
+
+    pk: int
+    buyer_id: int
+    provider_id: int
+    kind: str
+    currency: str
+    device_count: int
+    status: str
+    fee_bps: int
+    rate_micros: int
+    started_at: datetime
+    segment_started_at: datetime | None
+    ends_at: datetime | None
+    accrued_micro_seconds: Decimal
+    accrued_seconds: Decimal
+    charged_micros: int
+    fee_micros: int
+    prepaid_micros: int
+    settle_seq: int
+
+
+_LEASE_COLUMNS = ", ".join(_LeaseRow._fields).replace("pk,", "id,", 1)
+
+
+def _lock_leases(until: datetime, after_id: int, chunk_size: int, only: list[int] | None) -> list[_LeaseRow]:
+    # skip_locked: a lease another settler (or a lease_* call) holds is left for its holder or the
+    # next run. Lock order everywhere: leases first, then accounts in primary-key order.
+    sql = (
+        f"SELECT {_LEASE_COLUMNS} FROM {Lease._meta.db_table} "  # noqa: S608
+        "WHERE settled_final = false AND started_at <= %s AND id > %s "
+        "AND (billed_through IS NULL OR billed_through <= %s)"
+    )
+    params: list[Any] = [until, after_id, until]
+    if only is not None:
+        sql += " AND id = ANY(%s)"
+        params.append(list(only))
+    sql += " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+    params.append(chunk_size)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [_LeaseRow(*row) for row in cursor.fetchall()]
+
+
+def _account_ids(
+    leases: list[_LeaseRow],
 ) -> tuple[dict[tuple[int, str, str], int], dict[tuple[int, str], int], dict[str, int]]:
     """Account ids for the chunk: buyer (user, currency, kind), provider payables, fee accounts."""
-    users = {lease.buyer_id for lease in leases}
-    providers = {lease.provider_id for lease in leases}
-    currencies = {lease.currency for lease in leases}
+    table = Account._meta.db_table
     buyer: dict[tuple[int, str, str], int] = {}
-    for a in Account.objects.filter(
-        kind__in=[AccountKind.BUYER_WALLET, AccountKind.RESERVATION_ESCROW],
-        user_id__in=users,
-        currency__in=currencies,
-    ).values("pk", "user_id", "currency", "kind"):
-        buyer[(a["user_id"], a["currency"], a["kind"])] = a["pk"]
     payable: dict[tuple[int, str], int] = {}
-    for pk, provider_id, currency in Account.objects.filter(
-        kind=AccountKind.PROVIDER_PAYABLE, provider_id__in=providers, currency__in=currencies
-    ).values_list("pk", "provider_id", "currency"):
-        if provider_id is not None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, user_id, currency, kind FROM {table} WHERE kind = ANY(%s) AND user_id = ANY(%s)",  # noqa: S608
+            [
+                [AccountKind.BUYER_WALLET.value, AccountKind.RESERVATION_ESCROW.value],
+                list({le.buyer_id for le in leases}),
+            ],
+        )
+        for pk, user_id, currency, kind in cursor.fetchall():
+            buyer[(user_id, currency, kind)] = pk
+        cursor.execute(
+            f"SELECT id, provider_id, currency FROM {table} WHERE kind = %s AND provider_id = ANY(%s)",  # noqa: S608
+            [AccountKind.PROVIDER_PAYABLE.value, list({le.provider_id for le in leases})],
+        )
+        for pk, provider_id, currency in cursor.fetchall():
             payable[(provider_id, currency)] = pk
     fee: dict[str, int] = {}
     for lease in leases:
         for kind in (AccountKind.BUYER_WALLET, AccountKind.RESERVATION_ESCROW):
-            key = (lease.buyer_id, lease.currency, kind)
+            key = (lease.buyer_id, lease.currency, kind.value)
             if key not in buyer:
                 buyer[key] = account_get(kind=kind, currency=lease.currency, user_id=lease.buyer_id).pk
         if (lease.provider_id, lease.currency) not in payable:
@@ -71,30 +121,41 @@ def _accounts_for(
     return buyer, payable, fee
 
 
+def _lock_accounts(ids: set[int]) -> dict[int, tuple[int, int]]:
+    """Row-lock accounts in primary-key order; returns id -> (balance, credit limit)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, balance_micros, credit_limit_micros FROM {Account._meta.db_table} "  # noqa: S608
+            "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            [sorted(ids)],
+        )
+        return {pk: (balance, credit) for pk, balance, credit in cursor.fetchall()}
+
+
 def _settle_chunk(
     until: datetime, after_id: int, chunk_size: int, only: list[int] | None, result: SettlementResult
 ) -> int | None:
     """Settle one chunk of leases in one database transaction; returns the last lease id seen."""
     with transaction.atomic():
-        query = Lease.objects.filter(settled_final=False, started_at__lte=until, pk__gt=after_id).filter(
-            Q(billed_through__isnull=True) | Q(billed_through__lte=until)
-        )
-        if only is not None:
-            query = query.filter(pk__in=only)
-        # skip_locked: a lease another settler (or a lease_* call) holds is left for its holder or
-        # the next run; leases first, then accounts in pk order — the one lock order.
-        leases = list(query.select_for_update(skip_locked=True, of=("self",)).order_by("pk")[:chunk_size])
+        leases = _lock_leases(until, after_id, chunk_size, only)
         if not leases:
             return None
-        buyer_ids, payable_ids, fee_ids = _accounts_for(leases)
-        locked = accounts_lock([*buyer_ids.values(), *payable_ids.values(), *fee_ids.values()])
-        wallet_balance = {pk: a.balance_micros for pk, a in locked.items()}
+        buyer_ids, payable_ids, fee_ids = _account_ids(leases)
+        wallet_key = AccountKind.BUYER_WALLET.value
+        escrow_key = AccountKind.RESERVATION_ESCROW.value
+        # Escrow rows are only touched by leases with prepayment; payable and fee rows are only
+        # added to, but are locked too so concurrent settlers take every row lock in one order.
+        to_lock = {buyer_ids[(le.buyer_id, le.currency, wallet_key)] for le in leases}
+        to_lock |= {buyer_ids[(le.buyer_id, le.currency, escrow_key)] for le in leases if le.prepaid_micros}
+        to_lock |= {payable_ids[(le.provider_id, le.currency)] for le in leases} | set(fee_ids.values())
+        locked = _lock_accounts(to_lock)
+        wallet_balance = {pk: balance for pk, (balance, _) in locked.items()}
 
         postings: list[Posting] = []
         lease_rows: list[tuple[int, int, int, int, int, bool, str]] = []
         for lease in leases:
-            wallet = buyer_ids[(lease.buyer_id, lease.currency, AccountKind.BUYER_WALLET)]
-            escrow = buyer_ids[(lease.buyer_id, lease.currency, AccountKind.RESERVATION_ESCROW)]
+            wallet = buyer_ids[(lease.buyer_id, lease.currency, wallet_key)]
+            escrow = buyer_ids[(lease.buyer_id, lease.currency, escrow_key)]
             payable = payable_ids[(lease.provider_id, lease.currency)]
             fee_account = fee_ids[lease.currency]
 
@@ -103,7 +164,7 @@ def _settle_chunk(
             from_prepaid = from_wallet = 0
             if delta > 0:
                 from_prepaid = min(delta, lease.prepaid_micros)
-                room = max(0, wallet_balance[wallet] + locked[wallet].credit_limit_micros)
+                room = max(0, wallet_balance[wallet] + locked[wallet][1])
                 from_wallet = min(delta - from_prepaid, room)
             elif delta < 0:
                 from_wallet = delta  # a correction: the buyer gets the money back
@@ -152,7 +213,7 @@ def _settle_chunk(
             result.owed_micros += target - charged
             lease_rows.append((lease.pk, charged, fee_total, prepaid, seq, final, status))
 
-        written = postings_write(postings)
+        written = postings_write(postings, fresh=True)
         result.leases += len(leases)
         result.transactions += len(written)
         result.entries += sum(len(p.legs) for p in postings if p.idempotency_key in written)
@@ -161,19 +222,26 @@ def _settle_chunk(
 
 
 def _leases_update(rows: list[tuple[int, int, int, int, int, bool, str]], until: datetime) -> None:
+    """Write the chunk's new lease marks: COPY into a session temp table, then one joined UPDATE."""
     if not rows:
         return
     table = Lease._meta.db_table
-    values = ", ".join(
-        ["(%s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::integer, %s::boolean, %s::varchar)"]
-        * len(rows)
+    buffer = io.StringIO(
+        "".join(f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{r[4]}\t{'t' if r[5] else 'f'}\t{r[6]}\n" for r in rows)
     )
     with connection.cursor() as cursor:
         cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS billing_settle_marks (id bigint, charged bigint, fee bigint, "
+            "prepaid bigint, seq integer, final boolean, status varchar(12)) ON COMMIT DELETE ROWS"
+        )
+        # Emptied here too: inside an enclosing transaction (tests, callers) no commit clears it.
+        cursor.execute("TRUNCATE billing_settle_marks")
+        cursor.copy_expert("COPY billing_settle_marks FROM STDIN", buffer)
+        cursor.execute(
             f"UPDATE {table} AS l SET charged_micros = v.charged, fee_micros = v.fee, prepaid_micros = v.prepaid, "  # noqa: S608
             "settle_seq = v.seq, settled_final = v.final, status = v.status, billed_through = %s "
-            f"FROM (VALUES {values}) AS v(id, charged, fee, prepaid, seq, final, status) WHERE l.id = v.id",
-            [until, *[x for row in rows for x in row]],
+            "FROM billing_settle_marks AS v WHERE l.id = v.id",
+            [until],
         )
 
 

@@ -151,10 +151,12 @@ def _provider_lines(
     if payable is None:
         return [], 0
     net: dict[int, int] = defaultdict(int)
+    settlement_txns: list[int] = []
     payout_lines: list[dict[str, Any]] = []
     for e in _entries([payable.pk], start, end):
         if e["transaction__kind"] == TransactionKind.SETTLEMENT:
             net[e["lease_id"]] += e["amount_micros"]
+            settlement_txns.append(e["transaction_id"])
         elif e["transaction__kind"] in (TransactionKind.PAYOUT, TransactionKind.PAYOUT_REVERSAL):
             payout_lines.append(
                 {
@@ -164,20 +166,13 @@ def _provider_lines(
                     "amount": _money(e["amount_micros"]),
                 }
             )
-    fee_account = Account.objects.filter(
-        kind=AccountKind.PLATFORM_FEE, currency=currency, provider_id=None, user=None
-    ).first()
     fees: dict[int, int] = defaultdict(int)
-    if fee_account is not None and net:
-        for row in Entry.objects.filter(
-            account=fee_account,
-            lease_id__in=list(net),
-            transaction__kind=TransactionKind.SETTLEMENT,
-            transaction__posted_at__gte=start,
-            transaction__posted_at__lt=end,
-        ).values_list("lease_id", "amount_micros"):
-            if row[0] is not None:
-                fees[row[0]] += row[1]
+    # The fee legs of the same settlement transactions (reached by transaction id, which is indexed).
+    for lease_id, amount in Entry.objects.filter(
+        transaction_id__in=settlement_txns, account__kind=AccountKind.PLATFORM_FEE
+    ).values_list("lease_id", "amount_micros"):
+        if lease_id is not None:
+            fees[lease_id] += amount
     leases = Lease.objects.in_bulk(list(net))
     hours = _device_hours(leases, start, end)
     lines = [

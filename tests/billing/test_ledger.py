@@ -138,3 +138,27 @@ def test_finalized_statement_rejects_update_and_delete_even_in_raw_sql() -> None
             cursor.execute(sql, [statement.pk])
     statement.refresh_from_db()
     assert statement.total_micros == 5
+
+
+def test_leg_added_after_an_immediate_check_is_checked_again() -> None:
+    # The trigger remembers a balanced transaction only until the next INSERT into the journal.
+    a = account_get(kind=AccountKind.STRIPE_CLEARING)
+    b = account_get(kind=AccountKind.BUYER_WALLET, user_id=make_user().pk)
+
+    def write() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            txn = raw_transaction(cursor, "raw-late-leg")
+            cursor.execute(
+                "INSERT INTO billing_entry (transaction_id, account_id, amount_micros) VALUES (%s, %s, -5), (%s, %s, 5)",
+                [txn, a.pk, txn, b.pk],
+            )
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # checked (balanced) and remembered
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+            cursor.execute(
+                "INSERT INTO billing_entry (transaction_id, account_id, amount_micros) VALUES (%s, %s, 1)",
+                [txn, b.pk],
+            )
+
+    with pytest.raises(DatabaseError, match="does not balance"):
+        write()
+    assert not Transaction.objects.filter(idempotency_key="raw-late-leg").exists()

@@ -245,7 +245,7 @@ def test_idempotent_open_and_query_count(django_assert_max_num_queries) -> None:
     settle(until=T0 + timedelta(minutes=1))  # creates the provider and fee accounts
 
     # Query count does not grow with the number of leases in a chunk.
-    with django_assert_max_num_queries(14):
+    with django_assert_max_num_queries(18):
         result = settle(until=T0 + timedelta(minutes=5))
     assert result.leases == 41
     assert Lease.objects.filter(settle_seq=2).count() == 41
