@@ -61,6 +61,15 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "providers-liveness-sweep": {"task": "providers.liveness.sweep", "schedule": 15.0},
     # Live jobs on offline nodes become lost (ended at the node's last heartbeat).
     "marketplace-mark-lost-jobs": {"task": "marketplace.provisioning.mark_lost_jobs", "schedule": 15.0},
+    # Match open reserved and on-demand orders; start deferred jobs, retry unacknowledged ones,
+    # give notice to jobs whose allocation ends soon.
+    "marketplace-matching": {"task": "marketplace.matching.run", "schedule": 5.0},
+    # Clear every spot pool at one uniform price; winners' leases are re-rated to it.
+    "marketplace-spot-round": {"task": "marketplace.spot.round", "schedule": 30.0},
+    # Stop (with notice) jobs whose buyer cannot cover the next two settlement intervals.
+    "marketplace-stop-unpaid": {"task": "marketplace.provisioning.stop_unpaid", "schedule": 60.0},
+    # Heartbeat coverage x job success over 30 days, shown on every offer.
+    "marketplace-reliability": {"task": "marketplace.reliability.refresh", "schedule": 300.0},
     # --- billing ---
     # Settle every open lease through "now" (cumulative, so a late or doubled tick posts nothing extra).
     "billing-settle": {"task": "billing.settle", "schedule": 60.0},
@@ -69,7 +78,10 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Pay provider payable above the threshold out to Stripe Connect, once a day.
     "billing-payouts": {"task": "billing.payouts.run", "schedule": crontab(hour=3, minute=0)},
     # Keep this month's draft statements current; finalize last month's on the 1st.
-    "billing-statements-refresh": {"task": "billing.statements.refresh", "schedule": crontab(hour=1, minute=30)},
+    "billing-statements-refresh": {
+        "task": "billing.statements.refresh",
+        "schedule": crontab(hour=1, minute=30),
+    },
     "billing-statements-finalize": {
         "task": "billing.statements.finalize",
         "schedule": crontab(day_of_month=1, hour=2, minute=0),

@@ -210,6 +210,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Rent GPUs, NPUs, MLUs, DCUs, Gaudi, FPGAs and CPUs by the device-hour.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "DeviceKindEnum": "providers.models.DeviceKind",
+        "TermEnum": "marketplace.models.Term",
+    },
 }
 
 # --- Money and the exchange --------------------------------------------------------------------
@@ -220,6 +224,36 @@ if len(SUANLI_CURRENCY) != 3 or not SUANLI_CURRENCY.isalpha():
 SUANLI_PLATFORM_FEE_BPS = env_int("SUANLI_PLATFORM_FEE_BPS", 1000, minimum=0)
 if SUANLI_PLATFORM_FEE_BPS > 10_000:
     raise ImproperlyConfigured("SUANLI_PLATFORM_FEE_BPS must be between 0 and 10000")
+
+# --- Marketplace -------------------------------------------------------------------------------
+
+# Grid carbon intensity, kg CO2e per kWh, by region (for the estimated kgCO2e per device-hour of
+# every offer: TDP x declared PUE x intensity). Sources: China's national grid emission factor
+# for 2022 (0.5703, MEE 2024) split by regional grids; US EPA eGRID 2022; EEA 2023; the world
+# average from Ember 2024 for regions not listed. Override with SUANLI_GRID_INTENSITY as JSON.
+SUANLI_GRID_INTENSITY: dict[str, float] = {
+    "cn-north": 0.8843,
+    "cn-east": 0.7035,
+    "cn-south": 0.5271,
+    "cn-central": 0.5257,
+    "cn-west": 0.5200,
+    "cn-northwest": 0.6671,
+    "cn-northeast": 0.7769,
+    "us-west": 0.2270,
+    "us-east": 0.3690,
+    "eu-central": 0.3810,
+    "eu-north": 0.0450,
+    "ap-southeast": 0.4080,
+    "default": 0.4800,
+}
+_grid_override = env_str("SUANLI_GRID_INTENSITY")
+if _grid_override:
+    import json as _json
+
+    try:
+        SUANLI_GRID_INTENSITY.update({str(k): float(v) for k, v in _json.loads(_grid_override).items()})
+    except (ValueError, AttributeError) as exc:
+        raise ImproperlyConfigured(f"SUANLI_GRID_INTENSITY must be a JSON object of numbers: {exc}") from exc
 
 # --- Stripe ------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, pagination, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -72,6 +73,9 @@ class CursorPagination(pagination.CursorPagination):
     ordering = "-id"
 
 
+@extend_schema_field(
+    {"type": "string", "format": "decimal", "pattern": r"^-?\d+\.\d{2,6}$", "example": "12.50"}
+)
 class MoneyField(serializers.Field):
     """Micro-units on the model, a decimal string on the wire (``"12.50"``)."""
 

@@ -21,6 +21,13 @@ class Offer(TimeStampedModel):
     """A node's prices per device-hour (integer micro-units) and listing terms."""
 
     node = models.OneToOneField("providers.Node", on_delete=models.CASCADE, related_name="offer")
+    # Denormalised from the node's devices (homogeneous per node) so the offer list filters and
+    # sorts in one indexed query however many offers there are.
+    accelerator = models.ForeignKey("providers.AcceleratorModel", on_delete=models.PROTECT, related_name="+")
+    device_count = models.PositiveSmallIntegerField(default=0)
+    region = models.CharField(max_length=32, db_index=True, default="")
+    # Heartbeat coverage x job success over 30 days; new nodes start at 0.6.
+    reliability = models.DecimalField(max_digits=4, decimal_places=3, default=Decimal("0.600"))
     on_demand_price_micros = models.BigIntegerField()
     reserved_price_micros = models.BigIntegerField()
     spot_floor_micros = models.BigIntegerField()
@@ -55,6 +62,20 @@ class OrderStatus(models.TextChoices):
     ENDED = "ended", "Ended"
     CANCELLED = "cancelled", "Cancelled"
     FAILED = "failed", "Failed"
+
+
+# The one state machine of an order. ``allocated -> open`` and ``running -> open`` re-queue an
+# order whose node was lost (restart_on_failure) or whose assignment was never acknowledged.
+ORDER_TRANSITIONS: dict[str, frozenset[str]] = {
+    OrderStatus.OPEN: frozenset({OrderStatus.ALLOCATED, OrderStatus.CANCELLED, OrderStatus.FAILED}),
+    OrderStatus.ALLOCATED: frozenset(
+        {OrderStatus.RUNNING, OrderStatus.OPEN, OrderStatus.ENDED, OrderStatus.CANCELLED, OrderStatus.FAILED}
+    ),
+    OrderStatus.RUNNING: frozenset({OrderStatus.ENDED, OrderStatus.OPEN, OrderStatus.FAILED}),
+    OrderStatus.ENDED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+}
 
 
 class Runtime(models.TextChoices):
@@ -95,6 +116,8 @@ class Order(TimeStampedModel):
     runtime = models.CharField(max_length=8, choices=Runtime.choices, default=Runtime.DOCKER)
     restart_on_failure = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=128)
+    # SHA-256 of the canonical request: the same key with a different body is a conflict.
+    request_hash = models.CharField(max_length=64, default="")
     # Billing references (plain ids: billing knows nothing of orders).
     hold_id = models.BigIntegerField(null=True, blank=True)
     reservation_id = models.BigIntegerField(null=True, blank=True)
@@ -240,6 +263,14 @@ class Job(TimeStampedModel):
     """What one agent executes on some devices of its node."""
 
     node = models.ForeignKey("providers.Node", on_delete=models.PROTECT, related_name="jobs")
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
+    allocation = models.ForeignKey(
+        Allocation, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
+    )
+    # The billing lease that meters this job (a plain id: billing knows nothing of jobs).
+    lease_id = models.BigIntegerField(null=True, blank=True)
+    # Spot: the clearing price the job pays now; preemption notices name why.
+    preemption_reason = models.CharField(max_length=32, blank=True)
     buyer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
     )

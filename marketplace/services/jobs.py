@@ -58,19 +58,25 @@ def job_transition(*, job: Job, to: str, **changes: Any) -> Job:
 
     Contract: allowed only along ``TRANSITIONS``; the row moves only if it is still in the
     status ``job`` was read with (exactly one row changes), else ``InvalidTransition``. The
-    in-memory ``job`` is updated to match the row.
+    in-memory ``job`` is updated to match the row. Billing and the order follow in the same
+    transaction (``provisioning.job_status_changed``): a lease opens at ``running`` and closes
+    when the job ends.
     """
+    from marketplace.services.provisioning import job_status_changed
+
     current = job.status
     if to not in TRANSITIONS[current]:
         raise InvalidTransition(f"A job cannot go from {current} to {to}.")
     now = timezone.now()
-    moved = Job.objects.filter(pk=job.pk, status=current).update(status=to, updated_at=now, **changes)
-    if moved != 1:
-        raise InvalidTransition(f"Job {job.pk} is no longer {current}.")
-    job.status = to
-    job.updated_at = now
-    for name, value in changes.items():
-        setattr(job, name, value)
+    with transaction.atomic():
+        moved = Job.objects.filter(pk=job.pk, status=current).update(status=to, updated_at=now, **changes)
+        if moved != 1:
+            raise InvalidTransition(f"Job {job.pk} is no longer {current}.")
+        job.status = to
+        job.updated_at = now
+        for name, value in changes.items():
+            setattr(job, name, value)
+        job_status_changed(job=job, old=current)
     log.info("job.transition job_id=%s from=%s to=%s", job.pk, current, to)
     return job
 

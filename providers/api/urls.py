@@ -1,10 +1,9 @@
 from django.urls import path
 
-from providers.api.views import AcceleratorListView, JoinTokenCreateView, NodeDetailView, NodeListView
+from providers.api.views import AcceleratorListView, JoinTokenCreateView, NodeListView
 
 urlpatterns = [
     path("accelerators", AcceleratorListView.as_view(), name="accelerator-list"),
     path("provider/join-tokens", JoinTokenCreateView.as_view(), name="provider-join-token-create"),
     path("provider/nodes", NodeListView.as_view(), name="provider-node-list"),
-    path("provider/nodes/<int:node_id>", NodeDetailView.as_view(), name="provider-node-detail"),
 ]

@@ -24,7 +24,7 @@ from providers.api.serializers import (
 )
 from providers.auth import IsNodeAgent, NodeCredentialAuthentication, request_node
 from providers.models import AcceleratorModel, Node
-from providers.selectors import node_get_for_member, nodes_for_member, provider_for_member
+from providers.selectors import nodes_for_member, provider_for_member
 from providers.services import (
     heartbeat_record,
     inventory_from_json,
@@ -104,17 +104,6 @@ class NodeListView(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Node]:
         return nodes_for_member(user=cast(User, self.request.user))
-
-
-class NodeDetailView(APIView):
-    permission_classes = [IsAuthenticated, HasScope]
-    required_scope = "provider"
-
-    @extend_schema(responses=NodeSerializer)
-    def get(self, request: Request, node_id: int) -> Response:
-        return Response(
-            NodeSerializer(node_get_for_member(user=cast(User, request.user), node_id=node_id)).data
-        )
 
 
 # --- Agent API (/api/agent/v1/) ----------------------------------------------------------------

@@ -1,0 +1,457 @@
+"""Buyer and provider trading API: offers, orders, job stops, spot prices, node pricing."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api import MoneyField
+from core.auth import HasScope
+from core.errors import ValidationFailed
+from core.money import MoneyFormatError, format_amount, parse_amount
+from marketplace.matching.market import Reason
+from marketplace.models import MAX_PRICE_MICROS, Job, Offer, Order, OrderStatus, SpotPrice, StopReason, Term
+from marketplace.selectors import OFFER_SORTS, TERM_PRICE_FIELD, OfferFilters, job_get_for_buyer, offers_list
+from marketplace.services.job_spec import job_spec_parse
+from marketplace.services.jobs import job_stop_request
+from marketplace.services.matching import order_explain
+from marketplace.services.offers import OfferChange, offer_update
+from marketplace.services.orders import OrderRequest, order_cancel, order_get_for_buyer, order_place
+from providers.models import DeviceKind, Vendor
+from providers.selectors import node_get_for_member
+
+# --- Offers ------------------------------------------------------------------------------------
+
+
+class OfferSerializer(serializers.ModelSerializer):
+    node = serializers.SerializerMethodField()
+    accelerator = serializers.SerializerMethodField()
+    on_demand_price = MoneyField(source="on_demand_price_micros")
+    reserved_price = MoneyField(source="reserved_price_micros")
+    spot_floor = MoneyField(source="spot_floor_micros")
+    currency = serializers.SerializerMethodField()
+    free_devices = serializers.IntegerField()
+    price_per_pflop_hour = serializers.SerializerMethodField()
+    kg_co2e_per_device_hour = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Offer
+        fields = [
+            "id", "node", "accelerator", "device_count", "free_devices", "region", "on_demand_price",
+            "reserved_price", "spot_floor", "currency", "price_per_pflop_hour", "kg_co2e_per_device_hour",
+            "reliability", "min_rental_minutes", "max_rental_hours", "updated_at",
+        ]  # fmt: skip
+
+    def get_node(self, offer: Offer) -> dict[str, Any]:
+        node = offer.node
+        return {
+            "id": node.pk, "name": node.name, "provider": node.provider.name, "region": node.region,
+            "cluster": node.cluster, "software": node.software, "pue": str(node.pue),
+        }  # fmt: skip
+
+    def get_accelerator(self, offer: Offer) -> dict[str, Any]:
+        a = offer.accelerator
+        return {
+            "id": a.pk, "vendor": a.vendor, "model": a.model, "kind": a.kind, "memory_gib": a.memory_gib,
+            "fp16_tflops": str(a.fp16_tflops), "tdp_watts": a.tdp_watts,
+        }  # fmt: skip
+
+    def get_currency(self, offer: Offer) -> str:
+        from django.conf import settings
+
+        return str(settings.SUANLI_CURRENCY)
+
+    def get_price_per_pflop_hour(self, offer: Offer) -> str | None:
+        value = getattr(offer, "price_per_pflop_micros", None)
+        return None if value is None else format_amount(int(Decimal(value)))
+
+    def get_kg_co2e_per_device_hour(self, offer: Offer) -> str | None:
+        value = getattr(offer, "kg_co2e_per_device_hour", None)
+        return None if value is None else f"{Decimal(value):.3f}"
+
+
+def _choice(request: Request, name: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise ValidationFailed(
+            f"{name}: choose one of {', '.join(choices)}.", fields={name: "Invalid choice."}
+        )
+    return value
+
+
+def _positive_int(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a whole number.", fields={name: "A whole number."}) from None
+    if number < 1 or number > 100_000:
+        raise ValidationFailed(f"{name} is out of range.", fields={name: "Between 1 and 100000."})
+    return number
+
+
+def offer_filters_from(request: Request) -> OfferFilters:
+    max_price = request.query_params.get("max_price")
+    max_micros = None
+    if max_price not in (None, ""):
+        try:
+            max_micros = parse_amount(max_price)  # type: ignore[arg-type]
+        except MoneyFormatError:
+            raise ValidationFailed(
+                "max_price must be an amount like 2.50.", fields={"max_price": "An amount."}
+            ) from None
+    min_rel = request.query_params.get("min_reliability")
+    min_reliability = None
+    if min_rel not in (None, ""):
+        try:
+            min_reliability = Decimal(min_rel)  # type: ignore[arg-type]
+        except InvalidOperation:
+            min_reliability = Decimal(-1)
+        if not Decimal(0) <= min_reliability <= Decimal(1):
+            raise ValidationFailed(
+                "min_reliability is a score between 0 and 1.", fields={"min_reliability": "Between 0 and 1."}
+            )
+    return OfferFilters(
+        kind=_choice(request, "kind", DeviceKind.values),
+        vendor=_choice(request, "vendor", Vendor.values),
+        model=request.query_params.get("model") or None,
+        min_memory_gib=_positive_int(request, "min_memory_gib"),
+        region=request.query_params.get("region") or None,
+        term=_choice(request, "term", tuple(TERM_PRICE_FIELD)) or "on_demand",
+        max_price_micros=max_micros,
+        min_reliability=min_reliability,
+        devices=_positive_int(request, "devices"),
+        sort=_choice(request, "sort", OFFER_SORTS) or "price",
+    )
+
+
+OFFER_PARAMETERS = [
+    OpenApiParameter("kind", str, enum=DeviceKind.values),
+    OpenApiParameter("vendor", str, enum=Vendor.values),
+    OpenApiParameter("model", str, description="Catalog model or the name vendor tools print"),
+    OpenApiParameter("min_memory_gib", int),
+    OpenApiParameter("region", str),
+    OpenApiParameter(
+        "term", str, enum=list(TERM_PRICE_FIELD), description="Which price to filter and sort by"
+    ),
+    OpenApiParameter("max_price", str, description="Per device-hour, e.g. 2.50"),
+    OpenApiParameter("min_reliability", str, description="0 to 1"),
+    OpenApiParameter("devices", int, description="At least this many free devices on the node"),
+    OpenApiParameter("sort", str, enum=list(OFFER_SORTS)),
+]
+
+
+class OfferListView(generics.ListAPIView):
+    """Listed capacity that one order can get now (free devices per node), filtered and sorted."""
+
+    permission_classes = [AllowAny]
+    serializer_class = OfferSerializer
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet[Offer]:
+        return offers_list(filters=offer_filters_from(self.request))[:500]
+
+    @extend_schema(parameters=OFFER_PARAMETERS)
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+# --- Orders ------------------------------------------------------------------------------------
+
+
+class JobSpecSerializer(serializers.Serializer):
+    image = serializers.CharField(required=False, allow_blank=True)
+    command = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False)
+    env = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    ports = serializers.ListField(child=serializers.IntegerField(), required=False)
+    runtime = serializers.ChoiceField(choices=["docker", "process"], required=False)
+
+
+class OrderInSerializer(serializers.Serializer):
+    term = serializers.ChoiceField(choices=Term.choices)
+    offer = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    accelerators = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=32
+    )
+    kind = serializers.ChoiceField(choices=DeviceKind.values, required=False, allow_blank=True)
+    min_memory_gib = serializers.IntegerField(required=False, min_value=0, max_value=4096)
+    devices_per_node = serializers.IntegerField(min_value=1, max_value=64)
+    node_count = serializers.IntegerField(required=False, min_value=1, max_value=16)
+    region = serializers.CharField(required=False, allow_blank=True, max_length=32)
+    software = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    min_reliability = serializers.DecimalField(
+        required=False, max_digits=4, decimal_places=3, min_value=Decimal(0), max_value=Decimal(1)
+    )
+    price_limit = MoneyField(min_micros=1, max_micros=MAX_PRICE_MICROS)
+    window_start = serializers.DateTimeField(required=False, allow_null=True)
+    window_end = serializers.DateTimeField(required=False, allow_null=True)
+    restart_on_failure = serializers.BooleanField(required=False, default=False)
+    job = serializers.JSONField()
+
+
+class AllocationOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    node = serializers.IntegerField(source="node_id")
+    unit_price = MoneyField(source="unit_price_micros")
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField(allow_null=True)
+    status = serializers.CharField()
+
+
+class OrderJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    node = serializers.IntegerField(source="node_id")
+    status = serializers.CharField()
+    device_indexes = serializers.ListField(child=serializers.IntegerField())
+    started_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    exit_code = serializers.IntegerField(allow_null=True)
+    stop_reason = serializers.CharField()
+    preemption_reason = serializers.CharField()
+    stop_deadline = serializers.DateTimeField(allow_null=True)
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    price_limit = MoneyField(source="price_limit_micros")
+    accelerators = serializers.ListField(source="accelerator_ids", child=serializers.IntegerField())
+    software = serializers.CharField(source="software_spec")
+    job = serializers.SerializerMethodField()
+    allocations = AllocationOutSerializer(many=True, read_only=True)
+    jobs = OrderJobSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Order
+        fields = [
+            "id", "term", "status", "status_reason", "offer", "accelerators", "kind", "min_memory_mib",
+            "devices_per_node", "node_count", "region", "software", "min_reliability", "price_limit",
+            "window_start", "window_end", "restart_on_failure", "job", "allocations", "jobs",
+            "matched_at", "ended_at", "created_at", "updated_at",
+        ]  # fmt: skip
+
+    def get_job(self, order: Order) -> dict[str, Any]:
+        return {"image": order.image, "command": order.command, "env": order.env, "ports": order.ports,
+                "runtime": order.runtime}  # fmt: skip
+
+
+def _reason_json(reason: Reason) -> dict[str, Any]:
+    return {
+        "code": reason.code.value,
+        "nodes": reason.nodes,
+        "lowest_floor": format_amount(reason.lowest_floor_micros)
+        if reason.lowest_floor_micros is not None
+        else None,
+        "frees_at": reason.frees_at.isoformat() if reason.frees_at else None,
+        "clearing_price": (
+            format_amount(reason.clearing_price_micros) if reason.clearing_price_micros is not None else None
+        ),
+    }
+
+
+def _orders_for(user: Any) -> QuerySet[Order]:
+    return Order.objects.filter(buyer=user).prefetch_related("allocations", "jobs")
+
+
+class OrderListCreateView(APIView):
+    permission_classes = [IsAuthenticated, HasScope]
+
+    @property
+    def required_scope(self) -> str:  # type: ignore[override]
+        return "trade" if self.request.method == "POST" else "read"
+
+    @extend_schema(responses=OrderSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        from core.api import CursorPagination
+
+        paginator = CursorPagination()
+        qs = _orders_for(request.user)
+        status_filter = request.query_params.get("status")
+        if status_filter:
+            if status_filter not in OrderStatus.values:
+                raise ValidationFailed(
+                    "Unknown status.", fields={"status": f"One of {', '.join(OrderStatus.values)}."}
+                )
+            qs = qs.filter(status=status_filter)
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(OrderSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=OrderInSerializer,
+        responses={201: OrderSerializer, 200: OrderSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)],
+    )
+    def post(self, request: Request) -> Response:
+        data = OrderInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        spec = job_spec_parse(v["job"])
+        order, created = order_place(
+            buyer=request.user,  # type: ignore[arg-type]
+            request=OrderRequest(
+                term=v["term"],
+                devices_per_node=v["devices_per_node"],
+                node_count=v.get("node_count", 1),
+                price_limit_micros=v["price_limit"],
+                job=spec,
+                accelerator_ids=tuple(v.get("accelerators", ())),
+                kind=v.get("kind", ""),
+                min_memory_mib=v.get("min_memory_gib", 0) * 1024,
+                region=v.get("region", ""),
+                software_spec=v.get("software", ""),
+                min_reliability=v.get("min_reliability", Decimal(0)),
+                window_start=v.get("window_start"),
+                window_end=v.get("window_end"),
+                offer_id=v.get("offer"),
+                restart_on_failure=v.get("restart_on_failure", False),
+            ),
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
+        body = OrderSerializer(_orders_for(request.user).get(pk=order.pk)).data
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class OrderDetailView(APIView):
+    """An order with its allocations and jobs; an open one also says why it is not matched yet."""
+
+    permission_classes = [IsAuthenticated, HasScope]
+    required_scope = "read"
+
+    @extend_schema(responses=OrderSerializer)
+    def get(self, request: Request, order_id: int) -> Response:
+        order = order_get_for_buyer(buyer=request.user, order_id=order_id)  # type: ignore[arg-type]
+        body = dict(OrderSerializer(_orders_for(request.user).get(pk=order.pk)).data)
+        body["unmatched_reasons"] = [_reason_json(r) for r in order_explain(order=order)]
+        return Response(body)
+
+
+class OrderCancelView(APIView):
+    permission_classes = [IsAuthenticated, HasScope]
+    required_scope = "trade"
+
+    @extend_schema(request=None, responses=OrderSerializer)
+    def post(self, request: Request, order_id: int) -> Response:
+        order = order_get_for_buyer(buyer=request.user, order_id=order_id)  # type: ignore[arg-type]
+        order_cancel(order=order)
+        return Response(OrderSerializer(_orders_for(request.user).get(pk=order.pk)).data)
+
+
+class JobStopView(APIView):
+    """Stop a job: SIGTERM now, SIGKILL after 30 s."""
+
+    permission_classes = [IsAuthenticated, HasScope]
+    required_scope = "trade"
+
+    @extend_schema(request=None, responses=OrderJobSerializer)
+    def post(self, request: Request, job_id: int) -> Response:
+        job = job_get_for_buyer(user=request.user, job_id=job_id)
+        job = job_stop_request(job=job, reason=StopReason.BUYER)
+        return Response(OrderJobSerializer(Job.objects.get(pk=job.pk)).data)
+
+
+# --- Spot prices -------------------------------------------------------------------------------
+
+
+class SpotPriceSerializer(serializers.ModelSerializer):
+    accelerator = serializers.CharField(source="accelerator.model")
+    price = MoneyField(source="price_micros")
+
+    class Meta:
+        model = SpotPrice
+        fields = ["accelerator", "region", "round_at", "price", "winners", "losers"]
+
+
+class SpotPriceListView(generics.ListAPIView):
+    """Clearing prices per pool (accelerator model x region), newest first."""
+
+    permission_classes = [AllowAny]
+    serializer_class = SpotPriceSerializer
+
+    def get_queryset(self) -> QuerySet[SpotPrice]:
+        qs = SpotPrice.objects.select_related("accelerator").order_by("-round_at", "-id")
+        model = self.request.query_params.get("model")
+        region = self.request.query_params.get("region")
+        if model:
+            qs = qs.filter(accelerator__model__iexact=model) | qs.filter(
+                accelerator__match_names__contains=[model]
+            )
+        if region:
+            qs = qs.filter(region=region)
+        return qs
+
+    @extend_schema(parameters=[OpenApiParameter("model", str), OpenApiParameter("region", str)])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+# --- Provider: a node's offer ------------------------------------------------------------------
+
+
+class OfferChangeSerializer(serializers.Serializer):
+    on_demand_price = MoneyField(required=False, min_micros=0, max_micros=MAX_PRICE_MICROS)
+    reserved_price = MoneyField(required=False, min_micros=0, max_micros=MAX_PRICE_MICROS)
+    spot_floor = MoneyField(required=False, min_micros=0, max_micros=MAX_PRICE_MICROS)
+    listed = serializers.BooleanField(required=False)
+    min_rental_minutes = serializers.IntegerField(required=False, min_value=1, max_value=60 * 24 * 366)
+    max_rental_hours = serializers.IntegerField(required=False, min_value=1, max_value=24 * 366)
+
+
+class NodeOfferSerializer(serializers.ModelSerializer):
+    on_demand_price = MoneyField(source="on_demand_price_micros")
+    reserved_price = MoneyField(source="reserved_price_micros")
+    spot_floor = MoneyField(source="spot_floor_micros")
+
+    class Meta:
+        model = Offer
+        fields = ["id", "on_demand_price", "reserved_price", "spot_floor", "listed", "min_rental_minutes",
+                  "max_rental_hours", "reliability", "device_count", "updated_at"]  # fmt: skip
+
+
+class ProviderNodeView(APIView):
+    """A provider member's node with its offer; PATCH changes the node's prices and listing."""
+
+    permission_classes = [IsAuthenticated, HasScope]
+    required_scope = "provider"
+
+    def _body(self, node: Any) -> dict[str, Any]:
+        from marketplace.services.offers import offer_sync
+        from providers.api.serializers import NodeSerializer
+
+        body = dict(NodeSerializer(node).data)
+        offer = offer_sync(node=node) if node.devices.exists() else None
+        body["offer"] = NodeOfferSerializer(offer).data if offer is not None else None
+        return body
+
+    @extend_schema(responses=NodeOfferSerializer)
+    def get(self, request: Request, node_id: int) -> Response:
+        node = node_get_for_member(user=request.user, node_id=node_id)  # type: ignore[arg-type]
+        return Response(self._body(node))
+
+    @extend_schema(request=OfferChangeSerializer, responses=NodeOfferSerializer)
+    def patch(self, request: Request, node_id: int) -> Response:
+        node = node_get_for_member(user=request.user, node_id=node_id)  # type: ignore[arg-type]
+        data = OfferChangeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        offer_update(
+            node=node,
+            change=OfferChange(
+                on_demand_price_micros=v.get("on_demand_price"),
+                reserved_price_micros=v.get("reserved_price"),
+                spot_floor_micros=v.get("spot_floor"),
+                listed=v.get("listed"),
+                min_rental_minutes=v.get("min_rental_minutes"),
+                max_rental_hours=v.get("max_rental_hours"),
+            ),
+        )
+        return Response(self._body(node))

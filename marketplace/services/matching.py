@@ -1,0 +1,504 @@
+"""The matching round on PostgreSQL: load the market, decide in memory, commit each order.
+
+``matching_run`` (every 5 s and after every new order) places reserved and on-demand orders and
+preempts spot jobs that stand in their way; ``spot_round`` (every 30 s) clears every spot pool at
+one price, places winning bids, re-rates running spot leases and preempts the outbid. Both hold a
+PostgreSQL advisory lock, so one round runs at a time across all workers, and commit one order per
+transaction with the slot exclusion constraint as the last guard: a conflict rolls back that order
+alone, which the next round retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from psycopg2.extras import NumericRange
+
+from billing.services import hold_release, reservation_book
+from marketplace.matching import market as mk
+from marketplace.matching.engine import explain, match_round
+from marketplace.models import (
+    JOB_LIVE,
+    SPAN_DEVICE_STRIDE,
+    Allocation,
+    AllocationSlot,
+    Job,
+    JobStatus,
+    Offer,
+    Order,
+    OrderStatus,
+    SpotPrice,
+    StopReason,
+    Term,
+)
+from marketplace.services.jobs import PREEMPTION_NOTICE, job_stop_request
+from marketplace.services.orders import order_transition
+from marketplace.services.work import node_nudge
+from providers.models import Device, DeviceHealth, Node, NodeStatus
+
+log = logging.getLogger(__name__)
+
+MATCHING_LOCK = 0x5A4E_0001
+SPOT_LOCK = 0x5A4E_0002
+# A device is free for new on-demand or spot work only if nothing is booked on it this soon
+# (spot may use reserved devices until 2 minutes before their start).
+RESERVATION_GUARD = timedelta(minutes=2)
+# Reserved orders are booked against their whole window as soon as they are placed.
+RESERVED_HORIZON = timedelta(days=366)
+
+
+@contextmanager
+def advisory_lock(key: int) -> Iterator[bool]:
+    """Session-level PostgreSQL advisory lock; yields whether this process got it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        got = bool(cursor.fetchone()[0])
+    try:
+        yield got
+    finally:
+        if got:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def span_for(device_id: int, start: datetime, end: datetime | None) -> NumericRange:
+    base = device_id * SPAN_DEVICE_STRIDE
+    upper = base + (epoch(end) if end is not None else SPAN_DEVICE_STRIDE - 1)
+    return NumericRange(base + epoch(start), upper, "[)")
+
+
+@dataclass
+class LoadedMarket:
+    nodes: dict[int, mk.Node]
+    runtimes: dict[int, set[str]]
+    device_node: dict[int, int]
+    device_index: dict[int, int]
+    # (device id) -> [(start epoch, end epoch)] of live slots, for freedom checks over any window.
+    booked: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def free_during(self, start: datetime, end: datetime | None, runtime: str) -> dict[int, frozenset[int]]:
+        lo = epoch(start)
+        hi = epoch(end) if end is not None else SPAN_DEVICE_STRIDE - 1
+        free: dict[int, set[int]] = defaultdict(set)
+        for node in self.nodes.values():
+            if runtime not in self.runtimes[node.id]:
+                continue
+            free[node.id] = set()  # a full node still matters: its spot jobs may be preempted
+            for device in node.devices:
+                if all(b_hi <= lo or b_lo >= hi for b_lo, b_hi in self.booked.get(device.id, ())):
+                    free[node.id].add(device.id)
+        return {node_id: frozenset(ids) for node_id, ids in free.items()}
+
+    def next_booking_after(self, device_id: int, moment: datetime) -> datetime | None:
+        starts = [b_lo for b_lo, _ in self.booked.get(device_id, ()) if b_lo >= epoch(moment)]
+        return datetime.fromtimestamp(min(starts), UTC) if starts else None
+
+
+def market_load() -> LoadedMarket:
+    """Listed offers on online nodes, their healthy devices, and every live slot."""
+    offers = (
+        Offer.objects.filter(listed=True, node__status=NodeStatus.ONLINE)
+        .select_related("node", "accelerator")
+        .order_by("node_id")
+    )
+    nodes: dict[int, mk.Node] = {}
+    runtimes: dict[int, set[str]] = {}
+    device_node: dict[int, int] = {}
+    device_index: dict[int, int] = {}
+    by_node: dict[int, list[mk.Device]] = defaultdict(list)
+    offer_by_node = {offer.node_id: offer for offer in offers}
+    devices = (
+        Device.objects.filter(node_id__in=list(offer_by_node), health=DeviceHealth.OK)
+        .select_related("accelerator")
+        .order_by("node_id", "index")
+    )
+    for device in devices:
+        by_node[device.node_id].append(
+            mk.Device(device.pk, device.index, device.accelerator_id, device.accelerator.kind,
+                      int(device.memory_mib or device.accelerator.memory_gib * 1024))
+        )  # fmt: skip
+        device_node[device.pk] = device.node_id
+        device_index[device.pk] = device.index
+    for node_id, offer in offer_by_node.items():
+        node = offer.node
+        software = {str(k): str(v) for k, v in (node.software or {}).items()}
+        runtimes[node_id] = set(software.get("runtimes", "docker").split(","))
+        nodes[node_id] = mk.Node(
+            id=node_id,
+            provider_id=node.provider_id,
+            region=node.region,
+            cluster=node.cluster or f"node-{node_id}",
+            reliability=float(offer.reliability),
+            software=software,
+            devices=tuple(by_node.get(node_id, ())),
+            offer=mk.Offer(
+                offer.on_demand_price_micros, offer.reserved_price_micros, offer.spot_floor_micros
+            ),
+        )
+    booked: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for device_id, span in AllocationSlot.objects.filter(live=True).values_list("device_id", "span"):
+        base = device_id * SPAN_DEVICE_STRIDE
+        booked[device_id].append((span.lower - base, span.upper - base))
+    return LoadedMarket(nodes, runtimes, device_node, device_index, dict(booked))
+
+
+def domain_order(order: Order) -> mk.Order:
+    return mk.Order(
+        id=order.pk,
+        term=mk.Term(order.term),
+        requirements=mk.Requirements(
+            model_ids=frozenset(order.accelerator_ids),
+            kind=order.kind or None,
+            min_memory_mib=order.min_memory_mib,
+            devices_per_node=order.devices_per_node,
+            node_count=order.node_count,
+            region=order.region or None,
+            software=order.software_spec,
+            min_reliability=float(order.min_reliability),
+        ),
+        limit_micros=order.price_limit_micros,
+        created_at=order.created_at,
+        window_start=order.window_start,
+        window_end=order.window_end,
+    )
+
+
+def running_spot_load() -> list[mk.RunningSpot]:
+    jobs = (
+        Job.objects.filter(status__in=JOB_LIVE, order__term=Term.SPOT, stop_requested_at__isnull=True)
+        .select_related("order", "allocation")
+        .prefetch_related("allocation__slots")
+        .order_by("pk")
+    )
+    running = []
+    for job in jobs:
+        if job.allocation is None or job.order is None:
+            continue
+        device_ids = tuple(sorted(slot.device_id for slot in job.allocation.slots.all() if slot.live))
+        running.append(
+            mk.RunningSpot(
+                job_id=job.pk,
+                order_id=job.order_id,
+                bid_micros=job.order.price_limit_micros,
+                started_at=job.started_at or job.assigned_at or job.created_at,
+                slots=(mk.Slot(job.node_id, device_ids),),
+            )
+        )
+    return running
+
+
+@dataclass
+class RoundReport:
+    placed: list[int] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)
+    preempted: list[int] = field(default_factory=list)
+    unplaced: dict[int, tuple[mk.Reason, ...]] = field(default_factory=dict)
+    skipped: bool = False
+
+
+def _restrict(loaded: LoadedMarket, free: dict[int, frozenset[int]], now: datetime) -> mk.Market:
+    return mk.Market(
+        nodes=tuple(loaded.nodes[n] for n in sorted(free) if n in loaded.nodes), free=free, now=now
+    )
+
+
+def matching_run(*, now: datetime | None = None) -> RoundReport:
+    """Place open reserved and on-demand orders (see module docstring). Safe to run twice."""
+    report = RoundReport()
+    with advisory_lock(MATCHING_LOCK) as got:
+        if not got:
+            report.skipped = True
+            return report
+        now = now or timezone.now()
+        orders = list(
+            Order.objects.filter(status=OrderStatus.OPEN, term__in=[Term.ON_DEMAND, Term.RESERVED]).order_by(
+                "pk"
+            )
+        )
+        if not orders:
+            return report
+        loaded = market_load()
+        running_spot = running_spot_load()
+        taken: set[int] = set()
+        for order in orders:
+            if order.term == Term.RESERVED:
+                assert order.window_start is not None and order.window_end is not None
+                start, end = max(order.window_start, now), order.window_end
+                horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
+            else:
+                start, end, horizon = now, now + RESERVATION_GUARD, timedelta(0)
+            free = {
+                node_id: ids - taken
+                for node_id, ids in loaded.free_during(start, end, order.runtime).items()
+                if not order.offer_id or node_id == _offer_node(order)
+            }
+            market = mk.Market(
+                nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now, horizon=horizon
+            )
+            result = match_round(
+                market=market,
+                orders=[domain_order(order)],
+                running_spot=running_spot if order.term != Term.RESERVED else (),
+            )
+            if not result.placements:
+                report.unplaced[order.pk] = result.unplaced.get(order.pk, ())
+                continue
+            placement = result.placements[0]
+            preempt = {p.job_id: p for p in result.preempt}
+            if _commit(order, placement, loaded, now, preempt):
+                report.placed.append(order.pk)
+                taken.update(placement.device_ids)
+                report.preempted += list(preempt)
+                running_spot = [r for r in running_spot if r.job_id not in preempt]
+            else:
+                report.conflicts.append(order.pk)
+    return report
+
+
+def _offer_node(order: Order) -> int | None:
+    return Offer.objects.filter(pk=order.offer_id).values_list("node_id", flat=True).first()
+
+
+def _commit(
+    order: Order,
+    placement: mk.Placement,
+    loaded: LoadedMarket,
+    now: datetime,
+    preempt: dict[int, mk.Preemption],
+) -> bool:
+    """Commit one placement in one transaction; False (and nothing written) on any conflict."""
+    starts_at = max(order.window_start or now, now)
+    ends_at = order.window_end
+    if preempt:
+        # The preempted jobs keep their devices for the notice; the new slots start after it.
+        starts_at = max(starts_at, max(p.deadline for p in preempt.values()))
+    node_ids = sorted(slot.node_id for slot in placement.slots)
+    try:
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().filter(pk=order.pk, status=OrderStatus.OPEN).first()
+            if locked is None:
+                return False
+            list(Node.objects.select_for_update().filter(pk__in=node_ids).order_by("pk"))
+            if preempt:
+                _shrink_slots(list(preempt), until=starts_at)
+            jobs: list[Job] = []
+            for slot in placement.slots:
+                allocation = Allocation.objects.create(
+                    order=locked,
+                    node_id=slot.node_id,
+                    term=locked.term,
+                    unit_price_micros=placement.unit_price_micros,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                )
+                slot_rows = []
+                for device_id in slot.device_ids:
+                    end = ends_at or loaded.next_booking_after(device_id, starts_at)
+                    slot_rows.append(
+                        AllocationSlot(
+                            allocation=allocation,
+                            device_id=device_id,
+                            span=span_for(device_id, starts_at, end),
+                        )
+                    )
+                AllocationSlot.objects.bulk_create(slot_rows)
+                # Jobs start when their devices are theirs: reserved at the window, after the
+                # preemption notice, else now.
+                deferred = starts_at > now
+                jobs.append(
+                    Job.objects.create(
+                        node_id=slot.node_id,
+                        order=locked,
+                        allocation=allocation,
+                        buyer_id=locked.buyer_id,
+                        device_indexes=sorted(loaded.device_index[d] for d in slot.device_ids),
+                        runtime=locked.runtime,
+                        image=locked.image,
+                        command=locked.command,
+                        env=locked.env,
+                        ports=locked.ports,
+                        status=JobStatus.QUEUED if deferred else JobStatus.ASSIGNED,
+                        assigned_at=None if deferred else now,
+                    )
+                )
+            if locked.term == Term.RESERVED:
+                _book_reservation(locked, placement, jobs)
+            order_transition(order=locked, to=OrderStatus.ALLOCATED, matched_at=now, status_reason="")
+            transaction.on_commit(lambda: node_nudge(node_ids=node_ids))
+    except IntegrityError as exc:
+        log.warning("matching.conflict order_id=%s error=%s", order.pk, exc)
+        return False
+    for job_id, notice in preempt.items():
+        job = Job.objects.filter(pk=job_id).first()
+        if job is not None:
+            Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
+            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=PREEMPTION_NOTICE)
+    log.info("order.matched order_id=%s nodes=%s price=%s", order.pk, node_ids, placement.unit_price_micros)
+    return True
+
+
+def _shrink_slots(job_ids: Sequence[int], *, until: datetime) -> None:
+    """End the live slots of preempted jobs at ``until`` (their notice deadline)."""
+    for slot in AllocationSlot.objects.select_for_update().filter(
+        allocation__jobs__pk__in=list(job_ids), live=True
+    ):
+        base = slot.device_id * SPAN_DEVICE_STRIDE
+        upper = min(slot.span.upper, base + epoch(until))
+        slot.span = NumericRange(slot.span.lower, max(upper, slot.span.lower + 1), "[)")
+        slot.save(update_fields=["span"])
+
+
+def _book_reservation(order: Order, placement: mk.Placement, jobs: list[Job]) -> None:
+    """Reserved: release the worst-case hold and move the real price into escrow."""
+    from billing.models import Hold, HoldStatus
+
+    assert order.window_start is not None and order.window_end is not None
+    hold = Hold.objects.filter(pk=order.hold_id).first()
+    if hold is not None and hold.status == HoldStatus.OPEN:
+        hold_release(hold=hold)
+    provider_of = dict(Node.objects.filter(pk__in=[j.node_id for j in jobs]).values_list("pk", "provider_id"))
+    starts_at = max(order.window_start, timezone.now())
+    reservations = [
+        reservation_book(
+            buyer=order.buyer,
+            provider_id=provider_of[job.node_id],
+            device_count=len(job.device_indexes),
+            rate_micros=placement.unit_price_micros,
+            starts_at=starts_at,
+            ends_at=order.window_end,
+            idempotency_key=f"reservation:job:{job.pk}",
+            job_id=job.pk,
+        )
+        for job in jobs
+    ]
+    order.reservation_id = reservations[0].pk
+    order.save(update_fields=["reservation_id"])
+    for job, reservation in zip(jobs, reservations, strict=True):
+        Job.objects.filter(pk=job.pk).update(lease_id=reservation.lease_id)
+
+
+# --- Spot --------------------------------------------------------------------------------------
+
+
+def spot_round(*, now: datetime | None = None) -> RoundReport:
+    """Clear every spot pool at one price (see module docstring). Safe to run twice."""
+    report = RoundReport()
+    with advisory_lock(SPOT_LOCK) as got:
+        if not got:
+            report.skipped = True
+            return report
+        now = (now or timezone.now()).replace(microsecond=0)
+        orders = list(Order.objects.filter(status=OrderStatus.OPEN, term=Term.SPOT).order_by("pk"))
+        running = running_spot_load()
+        if not orders and not running:
+            return report
+        loaded = market_load()
+        previous = _previous_prices()
+        for runtime in sorted({o.runtime for o in orders} | {"docker"}):
+            runtime_orders = [o for o in orders if o.runtime == runtime]
+            free = loaded.free_during(now, now + RESERVATION_GUARD, runtime)
+            market = mk.Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
+            result = match_round(
+                market=market,
+                orders=[domain_order(o) for o in runtime_orders],
+                running_spot=running if runtime == "docker" else (),
+                spot_prices=previous,
+            )
+            _record_prices(result, now)
+            preempt = {p.job_id: p for p in result.preempt}
+            by_id = {o.pk: o for o in runtime_orders}
+            for placement in result.placements:
+                if placement.job_id is not None:
+                    _rerate(placement.job_id, placement.unit_price_micros, now)
+                    continue
+                order = by_id.get(placement.order_id)
+                if order is None:
+                    continue
+                own = {j: preempt.pop(j) for j in placement.preempts if j in preempt}
+                if _commit(order, placement, loaded, now, own):
+                    report.placed.append(order.pk)
+                else:
+                    report.conflicts.append(order.pk)
+            for job_id, notice in preempt.items():
+                job = Job.objects.filter(pk=job_id).first()
+                if job is not None and not job.ended:
+                    Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
+                    job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=PREEMPTION_NOTICE)
+                    report.preempted.append(job_id)
+            report.unplaced.update(result.unplaced)
+    return report
+
+
+def _previous_prices() -> dict[mk.PoolKey, int]:
+    prices: dict[mk.PoolKey, int] = {}
+    for accelerator_id, region, price in (
+        SpotPrice.objects.order_by("accelerator_id", "region", "-round_at")
+        .distinct("accelerator_id", "region")
+        .values_list("accelerator_id", "region", "price_micros")
+    ):
+        prices[mk.PoolKey(accelerator_id, region)] = price
+    return prices
+
+
+def _record_prices(result: mk.RoundResult, now: datetime) -> None:
+    rows = [
+        SpotPrice(
+            accelerator_id=pool.model_id,
+            region=pool.region,
+            round_at=now,
+            price_micros=clearing.price_micros,
+            winners=len(clearing.winners),
+            losers=len(clearing.losers),
+        )
+        for pool, clearing in result.clearing.items()
+    ]
+    SpotPrice.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def _rerate(job_id: int, price_micros: int, now: datetime) -> None:
+    """A running spot job that keeps its devices pays this round's clearing price from now on."""
+    from billing.models import Lease
+    from billing.services import lease_set_rate
+
+    job = Job.objects.filter(pk=job_id).select_related("allocation").first()
+    if job is None or job.allocation is None:
+        return
+    if job.allocation.unit_price_micros != price_micros:
+        Allocation.objects.filter(pk=job.allocation_id).update(unit_price_micros=price_micros)
+    lease = Lease.objects.filter(pk=job.lease_id).first() if job.lease_id else None
+    if lease is not None and lease.ended_at is None and lease.rate_micros != price_micros:
+        lease_set_rate(lease=lease, rate_micros=price_micros, at=now)
+
+
+def order_explain(*, order: Order) -> list[mk.Reason]:
+    """Why an open order is not matched now (empty: it can be placed at the next round)."""
+    if order.status != OrderStatus.OPEN:
+        return []
+    now = timezone.now()
+    loaded = market_load()
+    if order.term == Term.RESERVED:
+        assert order.window_start is not None
+        start, end = max(order.window_start, now), order.window_end
+        horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
+    else:
+        start, end, horizon = now, now + RESERVATION_GUARD, timedelta(0)
+    free = loaded.free_during(start, end, order.runtime)
+    busy_until: dict[int, datetime] = {}
+    for device_id, spans in loaded.booked.items():
+        current = [hi for lo, hi in spans if lo <= epoch(now) < hi]
+        if current:
+            busy_until[device_id] = datetime.fromtimestamp(min(current), UTC)
+    nodes = tuple(loaded.nodes[n] for n in sorted(loaded.nodes) if order.runtime in loaded.runtimes[n])
+    market = mk.Market(nodes=nodes, free=free, now=now, horizon=horizon, busy_until=busy_until)
+    return explain(domain_order(order), market, running_spot=running_spot_load())

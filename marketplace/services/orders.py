@@ -1,0 +1,293 @@
+"""Orders: placement with money set aside, cancellation, and the order state machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.services import hold_place as billing_hold_place
+from billing.services import hold_release, reservation_cancel
+from core.errors import Conflict, InsufficientFunds, InvalidTransition, NotFound, ValidationFailed
+from core.money import format_amount
+from marketplace.matching.requirements import SoftwareSpecError, parse_software_spec
+from marketplace.models import (
+    MAX_PRICE_MICROS,
+    ORDER_TRANSITIONS,
+    Job,
+    JobStatus,
+    Offer,
+    Order,
+    OrderStatus,
+    StopReason,
+    Term,
+)
+from marketplace.services.jobs import JobSpec, job_stop_request
+from providers.models import AcceleratorModel, DeviceKind
+
+log = logging.getLogger(__name__)
+
+MAX_DEVICES_PER_NODE = 64
+MAX_NODES = 16
+MAX_RESERVATION = timedelta(days=31)
+MIN_RESERVATION = timedelta(minutes=10)
+# On-demand and spot orders set aside this much of the buyer's wallet at the price limit; the
+# settlement loop then charges as time passes, and auto-stop keeps the debt within one interval.
+HOLD_HORIZON = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    term: str
+    devices_per_node: int
+    price_limit_micros: int
+    job: JobSpec
+    node_count: int = 1
+    accelerator_ids: tuple[int, ...] = ()
+    kind: str = ""
+    min_memory_mib: int = 0
+    region: str = ""
+    software_spec: str = ""
+    min_reliability: Decimal = Decimal("0")
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    offer_id: int | None = None
+    restart_on_failure: bool = False
+
+    def fingerprint(self) -> str:
+        data = asdict(self)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def order_transition(*, order: Order, to: str, **changes: Any) -> Order:
+    """Move an order along ``ORDER_TRANSITIONS`` with a conditional update (one row or InvalidTransition)."""
+    if to not in ORDER_TRANSITIONS[order.status]:
+        raise InvalidTransition(f"An order cannot go from {order.status} to {to}.")
+    changes["updated_at"] = timezone.now()
+    moved = Order.objects.filter(pk=order.pk, status=order.status).update(status=to, **changes)
+    if moved != 1:
+        raise InvalidTransition(f"Order {order.pk} changed concurrently; it is no longer {order.status}.")
+    order.status = to
+    for key, value in changes.items():
+        setattr(order, key, value)
+    return order
+
+
+def _validate(request: OrderRequest, now: datetime) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if request.term not in Term.values:
+        errors["term"] = f"Choose one of {', '.join(Term.values)}."
+    if not 1 <= request.devices_per_node <= MAX_DEVICES_PER_NODE:
+        errors["devices_per_node"] = f"Between 1 and {MAX_DEVICES_PER_NODE}."
+    if not 1 <= request.node_count <= MAX_NODES:
+        errors["node_count"] = f"Between 1 and {MAX_NODES}."
+    if not 0 < request.price_limit_micros <= MAX_PRICE_MICROS:
+        errors["price_limit"] = f"Between 0 and {format_amount(MAX_PRICE_MICROS)} per device-hour."
+    if request.kind and request.kind not in DeviceKind.values:
+        errors["kind"] = f"Choose one of {', '.join(DeviceKind.values)}."
+    if request.accelerator_ids:
+        known = set(
+            AcceleratorModel.objects.filter(pk__in=request.accelerator_ids).values_list("pk", flat=True)
+        )
+        unknown = [str(a) for a in request.accelerator_ids if a not in known]
+        if unknown:
+            errors["accelerators"] = f"Unknown accelerator model(s): {', '.join(unknown)}."
+    if not Decimal(0) <= request.min_reliability <= Decimal(1):
+        errors["min_reliability"] = "A score between 0 and 1."
+    try:
+        parse_software_spec(request.software_spec)
+    except SoftwareSpecError as exc:
+        errors["software"] = str(exc)
+    if request.term == Term.RESERVED:
+        start, end = request.window_start, request.window_end
+        if start is None or end is None:
+            errors["window"] = "A reserved order needs window_start and window_end."
+        elif start < now - timedelta(minutes=1):
+            errors["window_start"] = "The window must start in the future."
+        elif end - start < MIN_RESERVATION:
+            errors["window_end"] = (
+                f"A reservation lasts at least {int(MIN_RESERVATION.total_seconds() // 60)} minutes."
+            )
+        elif end - start > MAX_RESERVATION:
+            errors["window_end"] = f"A reservation lasts at most {MAX_RESERVATION.days} days."
+    elif request.window_start or request.window_end:
+        errors["window"] = "Only reserved orders take a window."
+    if request.offer_id is not None:
+        if request.node_count != 1:
+            errors["node_count"] = "An order for a specific offer is for that one node."
+        offer = Offer.objects.filter(pk=request.offer_id, listed=True).first()
+        if offer is None:
+            errors["offer"] = "No such listed offer."
+        elif request.devices_per_node > offer.device_count:
+            errors["devices_per_node"] = f"That node has {offer.device_count} devices."
+    return errors
+
+
+def _hold_amount(request: OrderRequest) -> int:
+    devices = request.devices_per_node * request.node_count
+    if request.term == Term.RESERVED:
+        assert request.window_start is not None and request.window_end is not None
+        seconds = Decimal((request.window_end - request.window_start).total_seconds())
+    else:
+        seconds = Decimal(HOLD_HORIZON.total_seconds())
+    # Round up: the hold must cover the worst case at the price limit.
+    amount = Decimal(request.price_limit_micros) * devices * seconds / Decimal(3600)
+    return int(amount.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> tuple[Order, bool]:
+    """Place an order and set its money aside; returns ``(order, created)``.
+
+    Contract: the same ``idempotency_key`` with the same request returns the original order
+    (created False); with a different request it is a ``Conflict``. The worst-case cost (one hour
+    at the price limit for on-demand and spot, the whole window for reserved) is held in the
+    buyer's wallet or ``InsufficientFunds`` is raised and nothing is written. The matcher is
+    triggered after commit.
+    """
+    if not idempotency_key or len(idempotency_key) > 128:
+        raise ValidationFailed(
+            "An Idempotency-Key header (at most 128 characters) is required.",
+            fields={"idempotency_key": "Required, at most 128 characters."},
+        )
+    fingerprint = request.fingerprint()
+    existing = Order.objects.filter(buyer=buyer, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.request_hash != fingerprint:
+            raise Conflict("This Idempotency-Key was used for a different order.")
+        return existing, False
+
+    now = timezone.now()
+    errors = _validate(request, now)
+    if errors:
+        first, message = next(iter(errors.items()))
+        raise ValidationFailed(f"{first}: {message}", fields=errors)
+
+    amount = _hold_amount(request)
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                buyer=buyer,
+                term=request.term,
+                offer_id=request.offer_id,
+                accelerator_ids=list(request.accelerator_ids),
+                kind=request.kind,
+                min_memory_mib=request.min_memory_mib,
+                devices_per_node=request.devices_per_node,
+                node_count=request.node_count,
+                region=request.region,
+                software_spec=request.software_spec,
+                min_reliability=request.min_reliability,
+                price_limit_micros=request.price_limit_micros,
+                window_start=request.window_start,
+                window_end=request.window_end,
+                image=request.job.image,
+                command=list(request.job.command),
+                env=dict(request.job.env),
+                ports=list(request.job.ports),
+                runtime=request.job.runtime,
+                restart_on_failure=request.restart_on_failure,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint,
+            )
+            try:
+                hold = billing_hold_place(buyer=buyer, amount_micros=amount, reference=f"order:{order.pk}")
+            except InsufficientFunds:
+                raise InsufficientFunds(
+                    f"This order needs {format_amount(amount)} set aside "
+                    f"({'the whole window' if request.term == Term.RESERVED else 'one hour'} at your price "
+                    "limit); top up your wallet or lower the price limit.",
+                    fields={"price_limit": "More than your available balance covers."},
+                ) from None
+            order.hold_id = hold.pk
+            order.save(update_fields=["hold_id"])
+            transaction.on_commit(_trigger_matching)
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer as a replay.
+        existing = Order.objects.filter(buyer=buyer, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        if existing.request_hash != fingerprint:
+            raise Conflict("This Idempotency-Key was used for a different order.") from None
+        return existing, False
+    log.info("order.placed order_id=%s term=%s buyer_id=%s", order.pk, order.term, buyer.pk)
+    return order, True
+
+
+def _trigger_matching() -> None:
+    from marketplace.tasks import matching_run
+
+    matching_run.delay()
+
+
+def order_get_for_buyer(*, buyer: User, order_id: int) -> Order:
+    order = Order.objects.filter(pk=order_id, buyer=buyer).first()
+    if order is None:
+        raise NotFound("No such order.")
+    return order
+
+
+def order_cancel(*, order: Order) -> Order:
+    """Cancel an order: an open one at once (hold released), a running one by stopping its jobs.
+
+    Contract: a reserved order cancelled before its window starts is refunded minus the
+    cancellation fee; after that, cancelling stops its jobs and the booked window stays paid.
+    Ended and cancelled orders are returned unchanged.
+    """
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order.pk)
+        if order.status in (OrderStatus.ENDED, OrderStatus.CANCELLED, OrderStatus.FAILED):
+            return order
+        now = timezone.now()
+        if order.status == OrderStatus.OPEN:
+            order_transition(
+                order=order, to=OrderStatus.CANCELLED, ended_at=now, status_reason="cancelled by buyer"
+            )
+            _release_money(order)
+            return order
+        jobs = list(Job.objects.filter(order=order).exclude(status__in=list(_ENDED_JOB_STATUSES)))
+        if order.term == Term.RESERVED and order.window_start and now < order.window_start:
+            from billing.models import Reservation
+
+            reservation = Reservation.objects.filter(pk=order.reservation_id).first()
+            if reservation is not None:
+                reservation_cancel(reservation=reservation, at=now)
+            from marketplace.services.provisioning import allocations_release
+
+            allocations_release(order=order, at=now)
+            for job in jobs:
+                job_stop_request(job=job, reason=StopReason.BUYER)
+            order_transition(
+                order=order, to=OrderStatus.CANCELLED, ended_at=now, status_reason="cancelled by buyer"
+            )
+            return order
+        order.status_reason = "stopping at the buyer's request"
+        order.save(update_fields=["status_reason", "updated_at"])
+    for job in jobs:
+        job_stop_request(job=job, reason=StopReason.BUYER)
+    return order
+
+
+_ENDED_JOB_STATUSES = {
+    JobStatus.EXITED,
+    JobStatus.FAILED,
+    JobStatus.STOPPED,
+    JobStatus.PREEMPTED,
+    JobStatus.LOST,
+}
+
+
+def _release_money(order: Order) -> None:
+    from billing.models import Hold, HoldStatus
+
+    if order.hold_id:
+        hold = Hold.objects.filter(pk=order.hold_id).first()
+        if hold is not None and hold.status == HoldStatus.OPEN:
+            hold_release(hold=hold)

@@ -1,0 +1,258 @@
+"""Provisioning: what follows a job's state changes, and the periodic housekeeping of jobs.
+
+Billing follows the agent's reports: an on-demand or spot lease opens when the job reports
+``running`` (image pulls are not billed) and closes when it ends; a job that never started is not
+billed and its order's hold goes back to the wallet. A reserved booking is paid for its whole
+window, so a job ending early does not close it; only a lost node does (the provider did not
+deliver). ``job_status_changed`` runs inside the transaction of the status change itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+from psycopg2.extras import NumericRange
+
+from billing.models import Hold, HoldStatus, Lease, LeaseKind, LeaseStatus
+from billing.services import hold_capture, hold_release, lease_close, lease_open, leases_unable_to_pay
+from core.errors import InvalidTransition
+from marketplace.models import (
+    JOB_ENDED,
+    SPAN_DEVICE_STRIDE,
+    Allocation,
+    AllocationSlot,
+    AllocationStatus,
+    Job,
+    JobStatus,
+    Order,
+    OrderStatus,
+    StopReason,
+    Term,
+)
+from marketplace.services.jobs import job_stop_request, job_transition
+from marketplace.services.orders import order_transition
+from marketplace.services.work import node_nudge
+
+log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = timedelta(seconds=60)
+FUNDS_NOTICE = timedelta(seconds=30)
+END_NOTICE = timedelta(seconds=30)
+
+_LEASE_KIND = {
+    Term.ON_DEMAND: LeaseKind.ON_DEMAND,
+    Term.SPOT: LeaseKind.SPOT,
+    Term.RESERVED: LeaseKind.RESERVED,
+}
+
+
+def job_status_changed(*, job: Job, old: str) -> None:
+    """React to ``job`` having moved from ``old`` to ``job.status`` (same transaction)."""
+    if job.order_id is None:
+        return
+    order = Order.objects.select_for_update().get(pk=job.order_id)
+    if job.status == JobStatus.RUNNING:
+        _on_running(job, order)
+    elif job.status in JOB_ENDED:
+        _on_ended(job, order)
+
+
+def _on_running(job: Job, order: Order) -> None:
+    if order.term != Term.RESERVED and job.lease_id is None:
+        allocation = Allocation.objects.get(pk=job.allocation_id)
+        lease = lease_open(
+            buyer=order.buyer,
+            provider_id=job.node.provider_id,
+            job_id=job.pk,
+            device_count=len(job.device_indexes),
+            rate_micros=allocation.unit_price_micros,
+            started_at=job.started_at or timezone.now(),
+            kind=_LEASE_KIND[Term(order.term)],
+            idempotency_key=f"job:{job.pk}",
+        )
+        Job.objects.filter(pk=job.pk).update(lease_id=lease.pk)
+        job.lease_id = lease.pk
+        hold = Hold.objects.filter(pk=order.hold_id, status=HoldStatus.OPEN).first()
+        if hold is not None:
+            # The hour set aside becomes this lease's prepayment; what it does not use returns
+            # to the wallet when the lease closes.
+            hold_capture(hold=hold, lease=lease)
+    if order.status == OrderStatus.ALLOCATED:
+        order_transition(order=order, to=OrderStatus.RUNNING)
+
+
+def _on_ended(job: Job, order: Order) -> None:
+    ended_at = job.ended_at or timezone.now()
+    lease = Lease.objects.filter(pk=job.lease_id).first() if job.lease_id else None
+    closes_lease = order.term != Term.RESERVED or job.status == JobStatus.LOST
+    if lease is not None and closes_lease and lease.status in (LeaseStatus.OPEN, LeaseStatus.PAUSED):
+        lease_close(lease=lease, at=max(ended_at, lease.started_at))
+    if order.term != Term.RESERVED or job.status == JobStatus.LOST:
+        allocations_release(order=order, at=ended_at, allocation_ids=[job.allocation_id])
+    live = Job.objects.filter(order=order).exclude(pk=job.pk).exclude(status__in=list(JOB_ENDED))
+    if live.exists():
+        # A gang ends together: one member ending stops the others.
+        for other in live:
+            job_stop_request(job=other, reason=StopReason.BUYER)
+        return
+    hold = Hold.objects.filter(pk=order.hold_id, status=HoldStatus.OPEN).first()
+    if hold is not None:
+        hold_release(hold=hold)  # never started: nothing to pay
+    if order.status not in (OrderStatus.ALLOCATED, OrderStatus.RUNNING):
+        return
+    if job.status == JobStatus.LOST and order.restart_on_failure and order.term != Term.RESERVED:
+        _requeue(order, reason="node lost; waiting for capacity again")
+        return
+    final = (
+        OrderStatus.FAILED if job.status == JobStatus.FAILED and job.started_at is None else OrderStatus.ENDED
+    )
+    reason = {
+        JobStatus.EXITED: f"job exited with code {job.exit_code}",
+        JobStatus.FAILED: job.message[:200] or "job failed",
+        JobStatus.STOPPED: "stopped",
+        JobStatus.PREEMPTED: f"preempted ({job.preemption_reason or 'capacity needed'})",
+        JobStatus.LOST: "the node went offline",
+    }.get(JobStatus(job.status), "")
+    order_transition(order=order, to=final, ended_at=ended_at, status_reason=reason)
+
+
+def _requeue(order: Order, *, reason: str) -> None:
+    """Send an order back to the matcher with a fresh hold (the old one was used or released)."""
+    from billing.services import hold_place
+
+    order_transition(order=order, to=OrderStatus.OPEN, status_reason=reason)
+    amount = order.price_limit_micros * order.devices_per_node * order.node_count
+    try:
+        hold = hold_place(
+            buyer=order.buyer,
+            amount_micros=amount,
+            reference=f"order:{order.pk}:requeue:{order.updated_at.timestamp()}",
+        )
+    except Exception:  # noqa: BLE001 - InsufficientFunds: the order cannot wait on an empty wallet
+        order_transition(order=order, to=OrderStatus.FAILED, status_reason="wallet cannot cover a restart")
+        return
+    Order.objects.filter(pk=order.pk).update(hold_id=hold.pk)
+
+
+def allocations_release(*, order: Order, at: datetime, allocation_ids: list[int | None] | None = None) -> int:
+    """End the order's live allocations at ``at`` and free their devices from then on."""
+    allocations = Allocation.objects.filter(order=order, status=AllocationStatus.LIVE)
+    if allocation_ids is not None:
+        allocations = allocations.filter(pk__in=[a for a in allocation_ids if a is not None])
+    released = 0
+    for allocation in allocations.select_for_update():
+        for slot in AllocationSlot.objects.select_for_update().filter(allocation=allocation, live=True):
+            base = slot.device_id * SPAN_DEVICE_STRIDE
+            end = max(min(slot.span.upper, base + int(at.timestamp())), slot.span.lower + 1)
+            # The slot stays as history, no longer live: the exclusion constraint ignores it.
+            slot.span = NumericRange(slot.span.lower, end, "[)")
+            slot.live = False
+            slot.save(update_fields=["span", "live"])
+        allocation.status = AllocationStatus.RELEASED
+        allocation.released_at = at
+        allocation.save(update_fields=["status", "released_at", "updated_at"])
+        released += 1
+    return released
+
+
+# --- Periodic housekeeping (every 5 s, with the matcher) ---------------------------------------
+
+
+def jobs_promote_deferred(*, now: datetime | None = None) -> list[int]:
+    """Queued jobs whose allocation has begun (reserved window, end of a preemption notice)."""
+    now = now or timezone.now()
+    promoted: list[int] = []
+    for job in Job.objects.filter(status=JobStatus.QUEUED, allocation__starts_at__lte=now).select_related(
+        "allocation"
+    ):
+        blockers = Job.objects.filter(
+            allocation__slots__device_id__in=job.allocation.slots.values("device_id"),
+            status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
+        ).exclude(pk=job.pk)
+        # A preempted job past its deadline is gone (SIGKILL) whatever its agent has reported.
+        if blockers.filter(stop_deadline__gt=now - timedelta(seconds=15)).exists():
+            continue
+        try:
+            job_transition(job=job, to=JobStatus.ASSIGNED, assigned_at=now)
+        except InvalidTransition:
+            continue
+        promoted.append(job.pk)
+    if promoted:
+        node_nudge(node_ids=set(Job.objects.filter(pk__in=promoted).values_list("node_id", flat=True)))
+    return promoted
+
+
+def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
+    """Assignments no agent acknowledged within 60 s: fail the job, send the order back to the matcher."""
+    now = now or timezone.now()
+    stale = Job.objects.filter(
+        status=JobStatus.ASSIGNED, accepted_at__isnull=True, assigned_at__lt=now - ACK_TIMEOUT
+    )
+    requeued: list[int] = []
+    for job in stale.order_by("pk"):
+        with transaction.atomic():
+            try:
+                job_transition(
+                    job=job,
+                    to=JobStatus.FAILED,
+                    ended_at=now,
+                    message="the node did not acknowledge the job in time",
+                )
+            except InvalidTransition:
+                continue
+            order = Order.objects.select_for_update().filter(pk=job.order_id).first()
+            if order is not None and order.status == OrderStatus.FAILED and order.term != Term.RESERVED:
+                # _on_ended failed it as "never started"; an unacknowledged assignment is retried.
+                Order.objects.filter(pk=order.pk).update(
+                    status=OrderStatus.OPEN, status_reason="re-queued: node did not respond", ended_at=None
+                )
+                hold = Hold.objects.filter(pk=order.hold_id).first()
+                if hold is not None and hold.status != HoldStatus.OPEN:
+                    from billing.services import hold_place
+
+                    try:
+                        new_hold = hold_place(
+                            buyer=order.buyer,
+                            amount_micros=hold.amount_micros,
+                            reference=f"{hold.reference}:retry:{job.pk}",
+                        )
+                        Order.objects.filter(pk=order.pk).update(hold_id=new_hold.pk)
+                    except Exception:  # noqa: BLE001 - cannot re-hold: the order fails for good
+                        Order.objects.filter(pk=order.pk).update(
+                            status=OrderStatus.FAILED, status_reason="wallet cannot cover a retry"
+                        )
+        requeued.append(job.pk)
+    return requeued
+
+
+def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
+    """Jobs whose allocation ends soon (reserved windows; on-demand before a reservation) get notice."""
+    now = now or timezone.now()
+    ending = Job.objects.filter(
+        status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
+        stop_requested_at__isnull=True,
+        allocation__ends_at__lte=now + END_NOTICE,
+    )
+    stopped = []
+    for job in ending:
+        job_stop_request(job=job, reason=StopReason.OPERATOR, notice=END_NOTICE)
+        stopped.append(job.pk)
+    return stopped
+
+
+def jobs_stop_unpaid(*, now: datetime | None = None) -> list[int]:
+    """Stop, with notice, the jobs of buyers who cannot cover the next two settlement intervals."""
+    now = now or timezone.now()
+    job_ids = [s.job_id for s in leases_unable_to_pay(at=now) if s.job_id is not None]
+    stopped = []
+    for job in Job.objects.filter(pk__in=job_ids, stop_requested_at__isnull=True).exclude(
+        status__in=list(JOB_ENDED)
+    ):
+        job_stop_request(job=job, reason=StopReason.FUNDS, notice=FUNDS_NOTICE)
+        stopped.append(job.pk)
+    if stopped:
+        log.info("jobs.stopped_unpaid job_ids=%s", stopped)
+    return stopped
