@@ -66,7 +66,7 @@ class Command(BaseCommand):
         python = sys.executable
 
         self._spawn("web", [python, "-m", "gunicorn", "config.wsgi", "-b", bind, "-w", "2",
-                            "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10"], env)  # fmt: skip
+                            "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "10"], env)  # fmt: skip
         self._spawn("worker", [python, "-m", "celery", "-A", "config.celery_app", "worker",
                                "-Q", "matching,provisioning,billing,default", "-c", "2",
                                "-n", "worker@%h", "-l", "info"], env)  # fmt: skip
@@ -76,23 +76,30 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
 
-        if not options["no_agents"]:
-            from marketplace.management.commands.seeddemo import start_demo_agents
-
-            for name, process in start_demo_agents(
-                server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR)
-            ):
-                self.children.append((name, process))
-
         self._wait_healthy(site_url)
+        if not options["no_agents"] and not self.stopping:
+            from marketplace.management.commands.seeddemo import demo_market, start_demo_agents
+
+            agents = start_demo_agents(server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR))
+            self.children += agents
+            self.stdout.write(
+                f"started {len(agents)} simulated provider agents; waiting for them to come online"
+            )
+            self.stdout.write(demo_market())
         self.stdout.write(self.style.SUCCESS(f"\nSuanli Exchange is running at {site_url}/"))
         self.stdout.write("  demo buyer:    buyer@demo.suanli / demo-buyer-pass")
         self.stdout.write("  demo provider: provider@demo.suanli / demo-provider-pass")
         self.stdout.write("  operator:      admin / demo-admin-pass  (Django admin at /admin/)")
         self.stdout.write(f"  logs:          {log_dir}/\nPress Ctrl-C to stop.\n")
 
+        next_demo_check = time.monotonic() + 30
         try:
             while not self.stopping:
+                if not options["no_agents"] and time.monotonic() > next_demo_check:
+                    from marketplace.management.commands.seeddemo import demo_order
+
+                    demo_order()  # the demo buyer always has a job to watch
+                    next_demo_check = time.monotonic() + 30
                 for name, process in self.children:
                     code = process.poll()
                     if code is not None and name in {"web", "worker", "beat"}:
@@ -102,6 +109,10 @@ class Command(BaseCommand):
                 time.sleep(0.5)
         finally:
             self._stop_children()
+            if not options["no_agents"]:
+                from marketplace.management.commands.seeddemo import stop_demo_jobs
+
+                stop_demo_jobs(var_dir=Path(settings.VAR_DIR))
             if not options["keep_services"]:
                 if embedded_redis:
                     embedded.redis_stop(Path(settings.VAR_DIR))

@@ -1,11 +1,18 @@
-"""Demo data for `make run`: a buyer, two providers, and nodes of different vendors.
+"""Demo data for `make run`: a funded buyer, two providers, and simulated agents that join them.
 
-Idempotent: running it again changes nothing that exists.
+Idempotent: running it again changes nothing that exists. The nodes themselves are not seeded:
+`make run` starts real `suanli-agent` processes with simulated hardware, which join through
+one-time join tokens like any provider's node (see ``start_demo_agents``), and ``demo_market``
+then prices and lists them and places a demo order once they are online.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +20,52 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from providers.models import AcceleratorModel, Device, Node, NodeStatus, Provider, ProviderMembership
+from providers.models import Node, NodeStatus, Provider, ProviderMembership
+
+log = logging.getLogger(__name__)
 
 DEMO_PASSWORDS = {
     "buyer@demo.suanli": "demo-buyer-pass",
     "provider@demo.suanli": "demo-provider-pass",
     "dc@demo.suanli": "demo-provider-pass",
 }
+DEMO_PROVIDERS = {
+    "huaxia": ("Huaxia Compute", "provider@demo.suanli"),
+    "pearl": ("Pearl River Data Centre", "dc@demo.suanli"),
+}
+DEMO_BUYER_CREDIT_MICROS = 500 * 1_000_000
 
-# (provider slug, node name, region, cluster, catalog match name, device count, memory MiB, software)
-DEMO_NODES = [
-    ("huaxia", "hx-sh-h100-01", "cn-east", "sh-a", "NVIDIA H100 80GB HBM3", 8, 81559,
-     {"cuda": "12.4", "driver": "550.54.15"}),
-    ("huaxia", "hx-sh-910b-01", "cn-east", "sh-a", "910B1", 4, 65536, {"cann": "8.0.RC1"}),
-    ("pearl", "pr-gz-mlu370-01", "cn-south", "gz-1", "MLU370-X8", 2, 49152, {"neuware": "3.7.2"}),
-    ("pearl", "pr-gz-cpu-01", "cn-south", "gz-1", "x86-64 CPU", 1, 0, {}),
-]  # fmt: skip
+
+@dataclass(frozen=True)
+class DemoNode:
+    provider: str
+    name: str
+    profile: str  # suanli-agent --simulate profile
+    region: str
+    cluster: str
+    prices: tuple[str, str, str]  # on-demand, reserved, spot floor per device-hour
+
+
+DEMO_NODES = (
+    DemoNode("huaxia", "hx-sh-h100-01", "h100x8", "cn-east", "sh-a", ("2.49", "1.99", "1.20")),
+    DemoNode("huaxia", "hx-sh-910b-01", "ascend910bx4", "cn-east", "sh-a", ("1.60", "1.30", "0.80")),
+    DemoNode("pearl", "pr-gz-mlu370-01", "mlu370x2", "cn-south", "gz-1", ("0.90", "0.70", "0.40")),
+    DemoNode("pearl", "pr-gz-cpu-01", "cpu", "cn-south", "gz-1", ("0.05", "0.04", "0.02")),
+)
+
+# A long "training" job for the demo buyer: prints progress like a real job would.
+DEMO_JOB = (
+    "import math, time\n"
+    "step = 0\n"
+    "while True:\n"
+    "    step += 1\n"
+    "    print(f'step {step:6d}  loss {2.5 * math.exp(-step / 400) + 0.1:.4f}  tokens/s 48213', flush=True)\n"
+    "    time.sleep(3)\n"
+)
 
 
 class Command(BaseCommand):
-    help = "Create the demo buyer, providers and nodes (idempotent)."
+    help = "Create the demo buyer (with credit) and the demo providers (idempotent)."
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,52 +75,152 @@ class Command(BaseCommand):
                 users.objects.create_user(username=email, email=email, password=password)
         if not users.objects.filter(username="admin").exists():
             users.objects.create_superuser("admin", "admin@demo.suanli", "demo-admin-pass")
-
-        providers = {
-            "huaxia": ("Huaxia Compute", "provider@demo.suanli"),
-            "pearl": ("Pearl River Data Centre", "dc@demo.suanli"),
-        }
-        for slug, (name, owner_email) in providers.items():
+        for slug, (name, owner_email) in DEMO_PROVIDERS.items():
             provider, _ = Provider.objects.get_or_create(slug=slug, defaults={"name": name})
             ProviderMembership.objects.get_or_create(
                 provider=provider,
                 user=users.objects.get(username=owner_email),
                 defaults={"role": ProviderMembership.Role.OWNER},
             )
-
-        for slug, node_name, region, cluster, match_name, count, memory_mib, software in DEMO_NODES:
-            provider = Provider.objects.get(slug=slug)
-            node, created = Node.objects.get_or_create(
-                provider=provider,
-                name=node_name,
-                defaults={
-                    "region": region,
-                    "cluster": cluster,
-                    "status": NodeStatus.OFFLINE,
-                    "software": software,
-                    "cpu_model": "Intel(R) Xeon(R) Platinum 8480+",
-                    "cpu_cores": 112,
-                    "memory_mib": 2_048_000,
-                    "disk_gib": 7680,
-                },
-            )
-            if created:
-                accelerator = AcceleratorModel.objects.get(match_names__contains=[match_name])
-                Device.objects.bulk_create(
-                    Device(
-                        node=node,
-                        accelerator=accelerator,
-                        index=index,
-                        uuid=f"DEMO-{node_name}-{index}",
-                        memory_mib=memory_mib,
-                    )
-                    for index in range(count)
-                )
+        _credit_demo_buyer(users.objects.get(username="buyer@demo.suanli"))
         self.stdout.write("demo data ready")
+
+
+def _credit_demo_buyer(buyer: Any) -> None:
+    """The demo buyer's wallet gets one completed top-up (the posting a paid Checkout makes)."""
+    from billing.models import AccountKind, TransactionKind
+    from billing.services import Posting, account_get, accounts_lock, buyer_accounts, posting_write
+
+    wallet = buyer_accounts(user_id=buyer.pk).wallet
+    clearing = account_get(kind=AccountKind.STRIPE_CLEARING, currency=wallet.currency)
+    accounts_lock([wallet.pk, clearing.pk])
+    posting = Posting(TransactionKind.TOP_UP, "demo:top-up:buyer", wallet.currency, memo="demo credit")
+    posting.add(clearing.pk, -DEMO_BUYER_CREDIT_MICROS)
+    posting.add(wallet.pk, DEMO_BUYER_CREDIT_MICROS)
+    posting_write(posting)  # idempotent on its key: a second run posts nothing
 
 
 def start_demo_agents(
     *, server_url: str, env: dict[str, str], var_dir: Path
 ) -> list[tuple[str, subprocess.Popen[bytes]]]:
-    """Simulated provider agents for the demo nodes (started once the agent daemon exists)."""
-    return []
+    """Join (first run only) and start one simulated agent per demo node; returns the processes."""
+    from providers.services import join_token_create
+
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+    log_dir = var_dir / "log"
+    for demo in DEMO_NODES:
+        state = var_dir / "agents" / demo.name
+        agent = [sys.executable, "-m", "providers.agent.cli"]
+        if not (state / "credential.json").exists():
+            # A demo node whose agent state was removed keeps its history, offline (its jobs become
+            # lost at its last heartbeat, so nothing bills on).
+
+            for stale in Node.objects.filter(provider__slug=demo.provider, name=demo.name):
+                Node.objects.filter(pk=stale.pk).update(
+                    name=f"{demo.name}-old-{stale.pk}", status=NodeStatus.OFFLINE
+                )
+            issued = join_token_create(
+                provider=Provider.objects.get(slug=demo.provider), created_by=None,
+                region=demo.region, cluster=demo.cluster,
+            )  # fmt: skip
+            joined = subprocess.run(
+                [*agent, "join", "--server", server_url, "--token", issued.token, "--name", demo.name,
+                 "--simulate", demo.profile, "--state-dir", str(state)],
+                env=env, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if joined.returncode != 0:
+                log.error("demo.agent_join_failed name=%s error=%s", demo.name, joined.stderr.strip())
+                continue
+        log_file = (log_dir / f"agent-{demo.name}.log").open("ab")
+        processes.append(
+            (
+                f"agent-{demo.name}",
+                subprocess.Popen(
+                    [*agent, "run", "--state-dir", str(state), "--heartbeat-interval", "5"],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+            )
+        )
+    return processes
+
+
+def stop_demo_jobs(*, var_dir: Path) -> int:
+    """End the jobs the demo agents started (jobs outlive their agent by design, so that a real
+    node's agent can restart without killing its buyers' work; a stopped demo should not)."""
+    import os
+    import signal
+
+    import psutil
+
+    marker = str(var_dir / "agents")
+    stopped = 0
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if "suanli-job" in cmdline and marker in cmdline:
+            try:
+                os.killpg(os.getpgid(process.info["pid"]), signal.SIGTERM)
+                stopped += 1
+            except (ProcessLookupError, PermissionError):
+                continue
+    return stopped
+
+
+def demo_market(*, wait_s: float = 90.0) -> str:
+    """Once the demo nodes are online: price and list them, and give the buyer a running order."""
+    from core.money import parse_amount
+    from marketplace.services.offers import OfferChange, offer_update
+
+    names = [demo.name for demo in DEMO_NODES]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if Node.objects.filter(name__in=names, status=NodeStatus.ONLINE).count() == len(names):
+            break
+        time.sleep(1)
+    online = {node.name: node for node in Node.objects.filter(name__in=names, status=NodeStatus.ONLINE)}
+    for demo in DEMO_NODES:
+        node = online.get(demo.name)
+        if node is None or (getattr(node, "offer", None) is not None and node.offer.listed):
+            continue
+        on_demand, reserved, spot_floor = (parse_amount(p) for p in demo.prices)
+        offer_update(
+            node=node,
+            change=OfferChange(
+                on_demand_price_micros=on_demand, reserved_price_micros=reserved,
+                spot_floor_micros=spot_floor, listed=True,
+            ),
+        )  # fmt: skip
+    demo_order()
+    return f"{len(online)}/{len(names)} demo nodes online"
+
+
+def demo_order() -> None:
+    """Keep one live order for the demo buyer: a 2x H100 on-demand job printing its progress."""
+    from core.money import parse_amount
+    from marketplace.models import Order, Runtime
+    from marketplace.services.jobs import JobSpec
+    from marketplace.services.orders import OrderRequest, order_place
+    from providers.models import AcceleratorModel
+
+    buyer = get_user_model().objects.get(username="buyer@demo.suanli")
+    live = Order.objects.filter(buyer=buyer, status__in=["open", "allocated", "running"])
+    if live.exists() or not Node.objects.filter(name="hx-sh-h100-01", status=NodeStatus.ONLINE).exists():
+        return
+    order_place(
+        buyer=buyer,
+        request=OrderRequest(
+            term="on_demand",
+            devices_per_node=2,
+            price_limit_micros=parse_amount("3.00"),
+            region="cn-east",
+            accelerator_ids=tuple(
+                AcceleratorModel.objects.filter(match_names__contains=["NVIDIA H100 80GB HBM3"]).values_list(
+                    "pk", flat=True
+                )
+            ),
+            job=JobSpec(runtime=Runtime.PROCESS, command=[sys.executable, "-u", "-c", DEMO_JOB]),
+        ),
+        idempotency_key=f"demo:order:{Order.objects.filter(buyer=buyer).count() + 1}",
+    )
