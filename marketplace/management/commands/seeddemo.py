@@ -114,7 +114,6 @@ def start_demo_agents(
         if not (state / "credential.json").exists():
             # A demo node whose agent state was removed keeps its history, offline (its jobs become
             # lost at its last heartbeat, so nothing bills on).
-
             for stale in Node.objects.filter(provider__slug=demo.provider, name=demo.name):
                 Node.objects.filter(pk=stale.pk).update(
                     name=f"{demo.name}-old-{stale.pk}", status=NodeStatus.OFFLINE
