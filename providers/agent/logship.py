@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from providers.agent.client import AgentClient
+from providers.agent.client import AgentClient, ApiError
 from providers.agent.jobs import JobRecord, JobStore
 
 log = logging.getLogger("suanli_agent.logs")
@@ -59,6 +59,24 @@ def utf8_cut(data: bytes) -> int:
         need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
         return len(data) - back if need > back else len(data)
     return len(data)
+
+
+def gap_offset(exc: ApiError) -> int | None:
+    """The offset to resume from, when ``exc`` is the server's 409 ``log_offset_gap``.
+
+    The server names it in ``fields.next_offset``, as a string or a list of one string
+    (``["1234"]``, the shape of field errors).
+    """
+    if exc.status != 409 or exc.code != "log_offset_gap" or not isinstance(exc.fields, dict):
+        return None
+    value = exc.fields.get("next_offset")
+    if isinstance(value, list) and value:
+        value = value[0]
+    try:
+        offset = int(str(value))
+    except ValueError:
+        return None
+    return offset if offset >= 0 else None
 
 
 class LogShipper:
@@ -108,7 +126,20 @@ class LogShipper:
             consumed = len(raw)
         text = raw.decode("utf-8", "replace")
         sent = len(text.encode())
-        reply = self.client.job_logs(rec.id, offset=rec.log_server_pos, data=text)
+        try:
+            reply = self.client.job_logs(rec.id, offset=rec.log_server_pos, data=text)
+        except ApiError as exc:
+            resume = gap_offset(exc)
+            if resume is None:
+                raise
+            # The server holds less than we thought (it lost acknowledged bytes, or our record
+            # ran ahead): resume from its end, or this chunk is refused for ever.
+            log.warning("logs.offset_gap job_id=%s offset=%s resume=%s", rec.id, rec.log_server_pos, resume)
+            with self.store.lock:
+                rec.log_file_pos = max(0, rec.log_file_pos + (resume - rec.log_server_pos))
+                rec.log_server_pos = resume
+                self.store.save(rec)
+            return True
         next_offset = int(reply.get("next_offset", rec.log_server_pos + sent))
         expected = rec.log_server_pos + sent
         old_file_pos = rec.log_file_pos

@@ -70,6 +70,8 @@ class FakeExchange:
     samples: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     register_reply: tuple[int, dict[str, Any]] | None = None
     on_request: Callable[[str], None] | None = None
+    # Like the real exchange: a chunk starting past the end is a 409 log_offset_gap.
+    strict_log_offsets: bool = False
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -146,6 +148,13 @@ class FakeExchange:
                     return 200, {}
                 if parts[2] == "logs":
                     have = self.log_offsets.get(job_id, 0)
+                    if self.strict_log_offsets and body["offset"] > have:
+                        error = {
+                            "code": "log_offset_gap",
+                            "message": f"Log offset {body['offset']} is past the end; resend from {have}.",
+                            "fields": {"offset": [f"Resend from {have}."], "next_offset": [str(have)]},
+                        }
+                        return 409, {"error": error}
                     if body["offset"] == have:
                         self.log_data[job_id] = self.log_data.get(job_id, "") + body["data"]
                         have += len(body["data"].encode())

@@ -337,6 +337,26 @@ def test_server_offset_is_authoritative(tmp_path: Path, exchange: FakeExchange) 
     assert rec.log_server_pos == rec.log_file_pos == 100
 
 
+def test_log_offset_gap_resumes_from_the_servers_offset(tmp_path: Path, exchange: FakeExchange) -> None:
+    exchange.strict_log_offsets = True
+    agent = make_agent(tmp_path, exchange)
+    agent.handle_work({"jobs": [job(20, "print('b' * 99)")]})
+    rec = agent.store.get(20)
+    wait_for(lambda: rec.finished, step=agent.supervise_once)
+    # The agent believes the server holds 60 bytes; the server has only the first 40 (say, it was
+    # restored from a backup): it answers 409 log_offset_gap with next_offset ["40"].
+    exchange.log_offsets[20] = 40
+    exchange.log_data[20] = "b" * 40
+    rec.log_server_pos = rec.log_file_pos = 60
+
+    agent.ship_once()
+
+    assert [r.body["offset"] for r in exchange.paths("/jobs/20/logs")] == [60, 40]
+    assert exchange.log_data[20] == "b" * 99 + "\n"
+    assert rec.log_server_pos == rec.log_file_pos == 100
+    assert agent.store.get(20).log_server_pos == 100
+
+
 def test_log_backlog_is_bounded(tmp_path: Path, exchange: FakeExchange) -> None:
     agent = make_agent(tmp_path, exchange, max_log_backlog=1000)
     agent.handle_work({"jobs": [job(18, "print('z' * 4999)")]})
