@@ -51,6 +51,14 @@ app.conf.update(
     enable_utc=True,
 )
 
+
+def _seconds(name: str) -> float:
+    """An interval from the settings (the matcher, spot and settlement periods are configurable)."""
+    from django.conf import settings
+
+    return float(getattr(settings, name))
+
+
 # The periodic schedule, in one place. Every entry names a task by its stable name; each task is
 # idempotent, so a late or doubled beat tick is harmless.
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -62,17 +70,25 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Live jobs on offline nodes become lost (ended at the node's last heartbeat).
     "marketplace-mark-lost-jobs": {"task": "marketplace.provisioning.mark_lost_jobs", "schedule": 15.0},
     # Match open reserved and on-demand orders; start deferred jobs, retry unacknowledged ones,
-    # give notice to jobs whose allocation ends soon.
-    "marketplace-matching": {"task": "marketplace.matching.run", "schedule": 5.0},
-    # Clear every spot pool at one uniform price; winners' leases are re-rated to it.
-    "marketplace-spot-round": {"task": "marketplace.spot.round", "schedule": 30.0},
+    # give notice to jobs whose allocation ends soon (every SUANLI_MATCHING_INTERVAL_S, 5 s).
+    "marketplace-matching": {
+        "task": "marketplace.matching.run",
+        "schedule": _seconds("SUANLI_MATCHING_INTERVAL_S"),
+    },
+    # Clear every spot pool at one uniform price; winners' leases are re-rated to it (every
+    # SUANLI_SPOT_INTERVAL_S, 30 s).
+    "marketplace-spot-round": {
+        "task": "marketplace.spot.round",
+        "schedule": _seconds("SUANLI_SPOT_INTERVAL_S"),
+    },
     # Stop (with notice) jobs whose buyer cannot cover the next two settlement intervals.
     "marketplace-stop-unpaid": {"task": "marketplace.provisioning.stop_unpaid", "schedule": 60.0},
     # Heartbeat coverage x job success over 30 days, shown on every offer.
     "marketplace-reliability": {"task": "marketplace.reliability.refresh", "schedule": 300.0},
     # --- billing ---
-    # Settle every open lease through "now" (cumulative, so a late or doubled tick posts nothing extra).
-    "billing-settle": {"task": "billing.settle", "schedule": 60.0},
+    # Settle every open lease through "now" (cumulative, so a late or doubled tick posts nothing
+    # extra), every BILLING_SETTLEMENT_INTERVAL_S (60 s).
+    "billing-settle": {"task": "billing.settle", "schedule": _seconds("BILLING_SETTLEMENT_INTERVAL_S")},
     # Compare cached balances with the sum of entries; drift is logged as an error.
     "billing-reconcile": {"task": "billing.reconcile", "schedule": crontab(minute=17)},
     # Pay provider payable above the threshold out to Stripe Connect, once a day.

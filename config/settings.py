@@ -255,6 +255,15 @@ if _grid_override:
     except (ValueError, AttributeError) as exc:
         raise ImproperlyConfigured(f"SUANLI_GRID_INTENSITY must be a JSON object of numbers: {exc}") from exc
 
+# How often the matcher places on-demand and reserved orders, and how often every spot pool clears
+# (seconds; the beat schedule reads both). Short values are for tests and demos.
+SUANLI_MATCHING_INTERVAL_S = env_int("SUANLI_MATCHING_INTERVAL_S", 5, minimum=1)
+SUANLI_SPOT_INTERVAL_S = env_int("SUANLI_SPOT_INTERVAL_S", 30, minimum=1)
+# Notice a preempted spot job gets between SIGTERM and SIGKILL (DESIGN: 120 s).
+SUANLI_PREEMPTION_NOTICE_S = env_int("SUANLI_PREEMPTION_NOTICE_S", 120, minimum=1)
+# Shortest reserved window a buyer may book (billing needs at least 60 s).
+SUANLI_MIN_RESERVATION_S = env_int("SUANLI_MIN_RESERVATION_S", 600, minimum=60)
+
 # --- Stripe ------------------------------------------------------------------------------------
 
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY", required=PRODUCTION, default="sk_test_local")

@@ -63,6 +63,7 @@ class Need:
     spec: str
     constraints: tuple[SoftwareConstraint, ...]
     pools: tuple[PoolIndex, ...]
+    runtime: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ class CapacityIndex:
             spec=req.software,
             constraints=parse_software_spec(req.software),
             pools=self.pools_for(order),
+            runtime=req.runtime,
         )
 
     def pools_for(self, order: Order) -> tuple[PoolIndex, ...]:
@@ -197,6 +199,8 @@ class CapacityIndex:
     def suits(self, stock: Stock, need: Need) -> bool:
         """The static requirements: memory, reliability, software (price and free count aside)."""
         if stock.memory_mib < need.min_memory_mib or stock.node.reliability < need.min_reliability:
+            return False
+        if not runtime_offered(stock.node, need.runtime):
             return False
         if not need.constraints:
             return True
@@ -330,6 +334,10 @@ class CapacityIndex:
                 del bucket[bisect_left(bucket, entry)]
             if new:
                 insort(pool.buckets[term][new], entry)
+
+
+def runtime_offered(node: Node, runtime: str | None) -> bool:
+    return runtime is None or not node.runtimes or runtime in node.runtimes
 
 
 def _device_total(job: RunningSpot) -> int:

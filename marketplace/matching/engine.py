@@ -28,6 +28,7 @@ from marketplace.matching.capacity import (
     Stock,
     choose_gang,
     choose_single,
+    runtime_offered,
 )
 from marketplace.matching.market import (
     ClearingResult,
@@ -258,7 +259,15 @@ class Diagnoser:
 
     def _sieve(self, need: Need) -> _Sieve:
         pools = tuple(pool.key for pool in need.pools)
-        key = (pools, need.min_memory_mib, need.min_reliability, need.spec, need.devices_per_node, need.term)
+        key = (
+            pools,
+            need.min_memory_mib,
+            need.min_reliability,
+            need.spec,
+            need.runtime,
+            need.devices_per_node,
+            need.term,
+        )
         sieve = self._sieves.get(key)
         if sieve is None:
             failures, suited = self._suited(pools, need)
@@ -273,7 +282,7 @@ class Diagnoser:
 
     def _suited(self, pools: tuple[PoolKey, ...], need: Need) -> tuple[dict[ReasonCode, int], list[Stock]]:
         """Stocks meeting memory, software and reliability; failures counted at the first step missed."""
-        key = (pools, need.min_memory_mib, need.min_reliability, need.spec)
+        key = (pools, need.min_memory_mib, need.min_reliability, need.spec, need.runtime)
         cached = self._suits.get(key)
         if cached is not None:
             return cached
@@ -283,7 +292,9 @@ class Diagnoser:
             for stock in pool.stocks:
                 if stock.memory_mib < need.min_memory_mib:
                     code = ReasonCode.MEMORY_BELOW_MIN
-                elif need.constraints and not software_satisfied(need.constraints, stock.node.software):
+                elif not runtime_offered(stock.node, need.runtime) or (
+                    need.constraints and not software_satisfied(need.constraints, stock.node.software)
+                ):
                     code = ReasonCode.SOFTWARE_UNSATISFIED
                 elif stock.node.reliability < need.min_reliability:
                     code = ReasonCode.RELIABILITY_BELOW_MIN

@@ -64,6 +64,8 @@ class Node:
     software: Mapping[str, str]
     devices: tuple[Device, ...]
     offer: Offer
+    # The job runtimes the node's agent offers ("docker", "process"); empty: any.
+    runtimes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,8 @@ class Requirements:
     same_cluster: bool = True
     software: str = ""
     min_reliability: float = 0.0
+    # The job's runtime; only nodes offering it qualify (None: any node).
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
         if self.devices_per_node < 1 or self.node_count < 1:

@@ -187,7 +187,7 @@ class PoolClearing:
         self.min_bid: int | None = None
         self.winners: list[tuple[Placement, int]] = []
         self.preempt: list[Preemption] = []
-        self._cheapest_fit: dict[tuple[str, int, float, int], int | None] = {}
+        self._cheapest_fit: dict[tuple[str, str | None, int, float, int], int | None] = {}
 
     def run(self, entries: Sequence[tuple[Order, Need]], previous_price: int | None) -> PoolOutcome:
         losing_bids: list[tuple[int, int | None, bool]] = []  # (bid, order id or None, could fit)
@@ -293,7 +293,7 @@ class PoolClearing:
         """Could this bid have been placed on the pool's capacity at the start of the round?"""
         devices = need.devices_per_node
         if need.node_count == 1:
-            key = (need.spec, need.min_memory_mib, need.min_reliability, devices)
+            key = (need.spec, need.runtime, need.min_memory_mib, need.min_reliability, devices)
             if key not in self._cheapest_fit:
                 prices = [
                     stock.prices[SPOT]

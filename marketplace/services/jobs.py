@@ -8,19 +8,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from core.errors import CapacityUnavailable, InvalidTransition, NotFound, ValidationFailed
-from marketplace.models import JOB_ENDED, JOB_LIVE, TRANSITIONS, Job, JobStatus, Runtime, StopReason
+from marketplace.models import JOB_ENDED, JOB_LIVE, TRANSITIONS, Job, JobStatus, Order, Runtime, StopReason
 from marketplace.services.work import node_nudge
 from providers.models import Device, Node, NodeStatus
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_NOTICE = timedelta(seconds=30)
-PREEMPTION_NOTICE = timedelta(seconds=120)
+
+
+def preemption_notice() -> timedelta:
+    """SIGTERM-to-SIGKILL notice of a preempted spot job (``SUANLI_PREEMPTION_NOTICE_S``, 120 s)."""
+    return timedelta(seconds=settings.SUANLI_PREEMPTION_NOTICE_S)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,17 @@ class JobSpec:
             raise ValidationFailed("Invalid job spec.", fields=fields)
 
 
+def lock_order_of(*, job_id: int) -> None:
+    """Lock the order of job ``job_id`` (if any), inside the caller's transaction.
+
+    The lock order everywhere is order, then job: an agent's event, a buyer's stop and the
+    matcher all take the order first, so a gang whose jobs end at once cannot deadlock.
+    """
+    order_id = Job.objects.filter(pk=job_id).values_list("order_id", flat=True).first()
+    if order_id is not None:
+        list(Order.objects.select_for_update().filter(pk=order_id).values_list("pk", flat=True))
+
+
 def job_transition(*, job: Job, to: str, **changes: Any) -> Job:
     """Move ``job`` from its current status to ``to`` with a conditional update.
 
@@ -69,6 +85,8 @@ def job_transition(*, job: Job, to: str, **changes: Any) -> Job:
         raise InvalidTransition(f"A job cannot go from {current} to {to}.")
     now = timezone.now()
     with transaction.atomic():
+        if job.order_id is not None:
+            lock_order_of(job_id=job.pk)
         moved = Job.objects.filter(pk=job.pk, status=current).update(status=to, updated_at=now, **changes)
         if moved != 1:
             raise InvalidTransition(f"Job {job.pk} is no longer {current}.")
@@ -130,28 +148,36 @@ def job_assign(*, node: Node, device_indexes: Sequence[int], spec: JobSpec, buye
     return job
 
 
-def job_stop_request(*, job: Job, reason: str = StopReason.BUYER, notice: timedelta | None = None) -> Job:
+def job_stop_request(
+    *,
+    job: Job,
+    reason: str = StopReason.BUYER,
+    notice: timedelta | None = None,
+    deadline: datetime | None = None,
+) -> Job:
     """Ask the job's agent to stop it: SIGTERM now, SIGKILL at the deadline.
 
-    Contract: a job the agent has not acknowledged yet stops at once without the agent; an
-    ended job is returned unchanged; asking again keeps the earlier (sooner) deadline unless the
-    new one is sooner. The agent is nudged after commit.
+    Contract: the deadline is ``deadline`` when given (never before now), else now + ``notice``
+    (by default 30 s, or the preemption notice). A job the agent has not acknowledged yet stops
+    at once without the agent; an ended job is returned unchanged; asking again keeps the earlier
+    (sooner) deadline unless the new one is sooner. The agent is nudged after commit.
     """
     if reason not in StopReason.values:
         raise ValidationFailed(
             "Unknown stop reason.", fields={"reason": f"Choose from {', '.join(StopReason.values)}."}
         )
     if notice is None:
-        notice = PREEMPTION_NOTICE if reason == StopReason.PREEMPTION else DEFAULT_STOP_NOTICE
+        notice = preemption_notice() if reason == StopReason.PREEMPTION else DEFAULT_STOP_NOTICE
     now = timezone.now()
     with transaction.atomic():
+        lock_order_of(job_id=job.pk)
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.ended:
             return job
         if job.status == JobStatus.QUEUED or (job.status == JobStatus.ASSIGNED and job.accepted_at is None):
             ended = JobStatus.PREEMPTED if reason == StopReason.PREEMPTION else JobStatus.STOPPED
             return job_transition(job=job, to=ended, ended_at=now, stop_requested_at=now, stop_reason=reason)
-        deadline = now + notice
+        deadline = max(deadline, now) if deadline is not None else now + notice
         if job.stop_deadline is not None and job.stop_deadline <= deadline:
             return job
         Job.objects.filter(pk=job.pk).update(
@@ -208,6 +234,7 @@ def job_event_record(*, node: Node, job_id: int, event: JobEventIn) -> Job:
     now = timezone.now()
     at = min(event.at, now)
     with transaction.atomic():
+        lock_order_of(job_id=job_id)
         job = job_for_node(node=node, job_id=job_id, lock=True)
         if event.seq <= job.last_event_seq:
             return job

@@ -22,6 +22,7 @@ from django.utils import timezone
 from psycopg2.extras import NumericRange
 
 from billing.services import hold_release, reservation_book
+from core.errors import InvalidTransition, SuanliError
 from marketplace.matching import market as mk
 from marketplace.matching.engine import explain, match_round
 from marketplace.models import (
@@ -38,7 +39,7 @@ from marketplace.models import (
     StopReason,
     Term,
 )
-from marketplace.services.jobs import PREEMPTION_NOTICE, job_stop_request
+from marketplace.services.jobs import job_stop_request, preemption_notice
 from marketplace.services.orders import order_transition
 from marketplace.services.work import node_nudge
 from providers.models import Device, DeviceHealth, Node, NodeStatus
@@ -87,12 +88,15 @@ class LoadedMarket:
     # (device id) -> [(start epoch, end epoch)] of live slots, for freedom checks over any window.
     booked: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
-    def free_during(self, start: datetime, end: datetime | None, runtime: str) -> dict[int, frozenset[int]]:
+    def free_during(
+        self, start: datetime, end: datetime | None, runtime: str | None
+    ) -> dict[int, frozenset[int]]:
+        """Devices with no live slot in ``[start, end)`` per node (offering ``runtime``, if given)."""
         lo = epoch(start)
         hi = epoch(end) if end is not None else SPAN_DEVICE_STRIDE - 1
         free: dict[int, set[int]] = defaultdict(set)
         for node in self.nodes.values():
-            if runtime not in self.runtimes[node.id]:
+            if runtime is not None and runtime not in self.runtimes[node.id]:
                 continue
             free[node.id] = set()  # a full node still matters: its spot jobs may be preempted
             for device in node.devices:
@@ -101,7 +105,12 @@ class LoadedMarket:
         return {node_id: frozenset(ids) for node_id, ids in free.items()}
 
     def next_booking_after(self, device_id: int, moment: datetime) -> datetime | None:
-        starts = [b_lo for b_lo, _ in self.booked.get(device_id, ()) if b_lo >= epoch(moment)]
+        """When the next booking of the device begins after ``moment`` (whole seconds, like spans).
+
+        A booking that began at or before ``moment`` is the device's current one: free devices
+        have none, and a preempted job's is cut short to ``moment``.
+        """
+        starts = [b_lo for b_lo, _ in self.booked.get(device_id, ()) if b_lo > epoch(moment)]
         return datetime.fromtimestamp(min(starts), UTC) if starts else None
 
 
@@ -145,9 +154,12 @@ def market_load() -> LoadedMarket:
             offer=mk.Offer(
                 offer.on_demand_price_micros, offer.reserved_price_micros, offer.spot_floor_micros
             ),
+            runtimes=frozenset(runtimes[node_id]),
         )
     booked: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for device_id, span in AllocationSlot.objects.filter(live=True).values_list("device_id", "span"):
+        if span.isempty:
+            continue  # books nothing (and _commit never writes one)
         base = device_id * SPAN_DEVICE_STRIDE
         booked[device_id].append((span.lower - base, span.upper - base))
     return LoadedMarket(nodes, runtimes, device_node, device_index, dict(booked))
@@ -166,6 +178,7 @@ def domain_order(order: Order) -> mk.Order:
             region=order.region or None,
             software=order.software_spec,
             min_reliability=float(order.min_reliability),
+            runtime=order.runtime,
         ),
         limit_micros=order.price_limit_micros,
         created_at=order.created_at,
@@ -183,7 +196,7 @@ def running_spot_load() -> list[mk.RunningSpot]:
     )
     running = []
     for job in jobs:
-        if job.allocation is None or job.order is None:
+        if job.allocation is None or job.order is None or job.order_id is None:
             continue
         device_ids = tuple(sorted(slot.device_id for slot in job.allocation.slots.all() if slot.live))
         running.append(
@@ -205,6 +218,12 @@ class RoundReport:
     preempted: list[int] = field(default_factory=list)
     unplaced: dict[int, tuple[mk.Reason, ...]] = field(default_factory=dict)
     skipped: bool = False
+
+
+def _policy() -> mk.RoundPolicy:
+    # The engine dates preemption deadlines (and so the preempting allocation's start) with the
+    # same notice job_stop_request gives the agent.
+    return mk.RoundPolicy(preempt_notice=preemption_notice())
 
 
 def _restrict(loaded: LoadedMarket, free: dict[int, frozenset[int]], now: datetime) -> mk.Market:
@@ -250,6 +269,7 @@ def matching_run(*, now: datetime | None = None) -> RoundReport:
                 market=market,
                 orders=[domain_order(order)],
                 running_spot=running_spot if order.term != Term.RESERVED else (),
+                policy=_policy(),
             )
             if not result.placements:
                 report.unplaced[order.pk] = result.unplaced.get(order.pk, ())
@@ -267,7 +287,31 @@ def matching_run(*, now: datetime | None = None) -> RoundReport:
 
 
 def _offer_node(order: Order) -> int | None:
+    if order.offer_id is None:
+        return None
     return Offer.objects.filter(pk=order.offer_id).values_list("node_id", flat=True).first()
+
+
+def placement_commit(
+    *,
+    order: Order,
+    placement: mk.Placement,
+    loaded: LoadedMarket,
+    now: datetime,
+    preempt: dict[int, mk.Preemption] | None = None,
+) -> bool:
+    """Commit one engine placement of ``order`` in one transaction (what the rounds do per order).
+
+    Contract: True when the allocation(s), slots and job(s) are written and the order is
+    ``allocated``; False, with nothing written, on a slot conflict, a refusal from billing or
+    an order no longer open. ``preempt`` are the spot jobs the placement evicts (stopped with
+    notice after commit).
+    """
+    return _commit(order, placement, loaded, now, preempt or {})
+
+
+class _NoSlot(Exception):
+    """A placement whose slot would be empty: rolled back like a conflict."""
 
 
 def _commit(
@@ -305,6 +349,10 @@ def _commit(
                 slot_rows = []
                 for device_id in slot.device_ids:
                     end = ends_at or loaded.next_booking_after(device_id, starts_at)
+                    if end is not None and epoch(end) <= epoch(starts_at):
+                        # Booked again before this slot could begin (spans are whole seconds):
+                        # nothing to allocate; the next round decides afresh.
+                        raise _NoSlot(f"device {device_id} is booked from {end.isoformat()}")
                     slot_rows.append(
                         AllocationSlot(
                             allocation=allocation,
@@ -339,20 +387,32 @@ def _commit(
     except IntegrityError as exc:
         log.warning("matching.conflict order_id=%s error=%s", order.pk, exc)
         return False
+    except _NoSlot as exc:
+        log.warning("matching.no_slot order_id=%s error=%s", order.pk, exc)
+        return False
+    except SuanliError as exc:
+        # A refusal from billing (a reserved window with under a minute left, a wallet that no
+        # longer covers the booking) rolls back this order alone: one order must never stop the
+        # round for every order after it.
+        log.warning("matching.refused order_id=%s error=%s", order.pk, exc)
+        return False
     for job_id, notice in preempt.items():
         job = Job.objects.filter(pk=job_id).first()
         if job is not None:
             Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
-            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=PREEMPTION_NOTICE)
+            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
     log.info("order.matched order_id=%s nodes=%s price=%s", order.pk, node_ids, placement.unit_price_micros)
     return True
 
 
 def _shrink_slots(job_ids: Sequence[int], *, until: datetime) -> None:
     """End the live slots of preempted jobs at ``until`` (their notice deadline)."""
-    for slot in AllocationSlot.objects.select_for_update().filter(
+    # Only the slot rows: locking the joined jobs too would take them before their orders.
+    for slot in AllocationSlot.objects.select_for_update(of=("self",)).filter(
         allocation__jobs__pk__in=list(job_ids), live=True
     ):
+        if slot.span.isempty:
+            continue
         base = slot.device_id * SPAN_DEVICE_STRIDE
         upper = min(slot.span.upper, base + epoch(until))
         slot.span = NumericRange(slot.span.lower, max(upper, slot.span.lower + 1), "[)")
@@ -364,7 +424,7 @@ def _book_reservation(order: Order, placement: mk.Placement, jobs: list[Job]) ->
     from billing.models import Hold, HoldStatus
 
     assert order.window_start is not None and order.window_end is not None
-    hold = Hold.objects.filter(pk=order.hold_id).first()
+    hold = Hold.objects.filter(pk=order.hold_id).first() if order.hold_id is not None else None
     if hold is not None and hold.status == HoldStatus.OPEN:
         hold_release(hold=hold)
     provider_of = dict(Node.objects.filter(pk__in=[j.node_id for j in jobs]).values_list("pk", "provider_id"))
@@ -404,39 +464,39 @@ def spot_round(*, now: datetime | None = None) -> RoundReport:
         if not orders and not running:
             return report
         loaded = market_load()
-        previous = _previous_prices()
-        for runtime in sorted({o.runtime for o in orders} | {"docker"}):
-            runtime_orders = [o for o in orders if o.runtime == runtime]
-            free = loaded.free_during(now, now + RESERVATION_GUARD, runtime)
-            market = mk.Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
-            result = match_round(
-                market=market,
-                orders=[domain_order(o) for o in runtime_orders],
-                running_spot=running if runtime == "docker" else (),
-                spot_prices=previous,
-            )
-            _record_prices(result, now)
-            preempt = {p.job_id: p for p in result.preempt}
-            by_id = {o.pk: o for o in runtime_orders}
-            for placement in result.placements:
-                if placement.job_id is not None:
-                    _rerate(placement.job_id, placement.unit_price_micros, now)
-                    continue
-                order = by_id.get(placement.order_id)
-                if order is None:
-                    continue
-                own = {j: preempt.pop(j) for j in placement.preempts if j in preempt}
-                if _commit(order, placement, loaded, now, own):
-                    report.placed.append(order.pk)
-                else:
-                    report.conflicts.append(order.pk)
-            for job_id, notice in preempt.items():
-                job = Job.objects.filter(pk=job_id).first()
-                if job is not None and not job.ended:
-                    Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
-                    job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=PREEMPTION_NOTICE)
-                    report.preempted.append(job_id)
-            report.unplaced.update(result.unplaced)
+        # One clearing per pool for every bid and incumbent, whatever their runtimes: the engine
+        # keeps each order to nodes offering its runtime (one price per pool per round).
+        free = loaded.free_during(now, now + RESERVATION_GUARD, None)
+        market = mk.Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
+        result = match_round(
+            market=market,
+            orders=[domain_order(o) for o in orders],
+            running_spot=running,
+            spot_prices=_previous_prices(),
+            policy=_policy(),
+        )
+        _record_prices(result, now)
+        preempt = {p.job_id: p for p in result.preempt}
+        by_id = {o.pk: o for o in orders}
+        for placement in result.placements:
+            if placement.job_id is not None:
+                _rerate(placement.job_id, placement.unit_price_micros, now)
+                continue
+            order = by_id.get(placement.order_id)
+            if order is None:
+                continue
+            own = {j: preempt.pop(j) for j in placement.preempts if j in preempt}
+            if _commit(order, placement, loaded, now, own):
+                report.placed.append(order.pk)
+            else:
+                report.conflicts.append(order.pk)
+        for job_id, notice in preempt.items():
+            job = Job.objects.filter(pk=job_id).first()
+            if job is not None and not job.ended:
+                Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
+                job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
+                report.preempted.append(job_id)
+        report.unplaced.update(result.unplaced)
     return report
 
 
@@ -475,10 +535,15 @@ def _rerate(job_id: int, price_micros: int, now: datetime) -> None:
     if job is None or job.allocation is None:
         return
     if job.allocation.unit_price_micros != price_micros:
-        Allocation.objects.filter(pk=job.allocation_id).update(unit_price_micros=price_micros)
+        Allocation.objects.filter(pk=job.allocation.pk).update(unit_price_micros=price_micros)
     lease = Lease.objects.filter(pk=job.lease_id).first() if job.lease_id else None
-    if lease is not None and lease.ended_at is None and lease.rate_micros != price_micros:
-        lease_set_rate(lease=lease, rate_micros=price_micros, at=now)
+    if lease is not None and lease.is_live and lease.rate_micros != price_micros:
+        # The round's clock is whole seconds; a lease opened since then changes rate from its start.
+        at = max(now, lease.segment_started_at or now)
+        try:
+            lease_set_rate(lease=lease, rate_micros=price_micros, at=at)
+        except InvalidTransition:
+            pass  # the job ended (its lease closed) since the round loaded it: nothing to re-rate
 
 
 def order_explain(*, order: Order) -> list[mk.Reason]:

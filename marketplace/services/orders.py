@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_DEVICES_PER_NODE = 64
 MAX_NODES = 16
 MAX_RESERVATION = timedelta(days=31)
+# The default shortest window; the service reads SUANLI_MIN_RESERVATION_S (tests shorten it).
 MIN_RESERVATION = timedelta(minutes=10)
 # On-demand and spot orders set aside this much of the buyer's wallet at the price limit; the
 # settlement loop then charges as time passes, and auto-stop keeps the debt within one interval.
@@ -112,9 +114,12 @@ def _validate(request: OrderRequest, now: datetime) -> dict[str, str]:
             errors["window"] = "A reserved order needs window_start and window_end."
         elif start < now - timedelta(minutes=1):
             errors["window_start"] = "The window must start in the future."
-        elif end - start < MIN_RESERVATION:
+        elif end - start < timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S):
+            minimum = settings.SUANLI_MIN_RESERVATION_S
             errors["window_end"] = (
-                f"A reservation lasts at least {int(MIN_RESERVATION.total_seconds() // 60)} minutes."
+                f"A reservation lasts at least {minimum // 60} minutes."
+                if minimum % 60 == 0
+                else f"A reservation lasts at least {minimum} seconds."
             )
         elif end - start > MAX_RESERVATION:
             errors["window_end"] = f"A reservation lasts at most {MAX_RESERVATION.days} days."
@@ -256,7 +261,11 @@ def order_cancel(*, order: Order) -> Order:
         if order.term == Term.RESERVED and order.window_start and now < order.window_start:
             from billing.models import Reservation
 
-            reservation = Reservation.objects.filter(pk=order.reservation_id).first()
+            reservation = (
+                Reservation.objects.filter(pk=order.reservation_id).first()
+                if order.reservation_id is not None
+                else None
+            )
             if reservation is not None:
                 reservation_cancel(reservation=reservation, at=now)
             from marketplace.services.provisioning import allocations_release

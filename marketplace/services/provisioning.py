@@ -13,6 +13,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import NumericRange
 
@@ -62,7 +63,8 @@ def job_status_changed(*, job: Job, old: str) -> None:
 
 def _on_running(job: Job, order: Order) -> None:
     if order.term != Term.RESERVED and job.lease_id is None:
-        allocation = Allocation.objects.get(pk=job.allocation_id)
+        assert job.allocation_id is not None
+        allocation = Allocation.objects.get(pk=job.allocation_id)  # fresh: spot rounds re-rate it
         lease = lease_open(
             buyer=order.buyer,
             provider_id=job.node.provider_id,
@@ -75,7 +77,7 @@ def _on_running(job: Job, order: Order) -> None:
         )
         Job.objects.filter(pk=job.pk).update(lease_id=lease.pk)
         job.lease_id = lease.pk
-        hold = Hold.objects.filter(pk=order.hold_id, status=HoldStatus.OPEN).first()
+        hold = _open_hold(order)
         if hold is not None:
             # The hour set aside becomes this lease's prepayment; what it does not use returns
             # to the wallet when the lease closes.
@@ -98,7 +100,7 @@ def _on_ended(job: Job, order: Order) -> None:
         for other in live:
             job_stop_request(job=other, reason=StopReason.BUYER)
         return
-    hold = Hold.objects.filter(pk=order.hold_id, status=HoldStatus.OPEN).first()
+    hold = _open_hold(order)
     if hold is not None:
         hold_release(hold=hold)  # never started: nothing to pay
     if order.status not in (OrderStatus.ALLOCATED, OrderStatus.RUNNING):
@@ -117,6 +119,12 @@ def _on_ended(job: Job, order: Order) -> None:
         JobStatus.LOST: "the node went offline",
     }.get(JobStatus(job.status), "")
     order_transition(order=order, to=final, ended_at=ended_at, status_reason=reason)
+
+
+def _open_hold(order: Order) -> Hold | None:
+    if order.hold_id is None:
+        return None
+    return Hold.objects.filter(pk=order.hold_id, status=HoldStatus.OPEN).first()
 
 
 def _requeue(order: Order, *, reason: str) -> None:
@@ -145,10 +153,11 @@ def allocations_release(*, order: Order, at: datetime, allocation_ids: list[int 
     released = 0
     for allocation in allocations.select_for_update():
         for slot in AllocationSlot.objects.select_for_update().filter(allocation=allocation, live=True):
-            base = slot.device_id * SPAN_DEVICE_STRIDE
-            end = max(min(slot.span.upper, base + int(at.timestamp())), slot.span.lower + 1)
-            # The slot stays as history, no longer live: the exclusion constraint ignores it.
-            slot.span = NumericRange(slot.span.lower, end, "[)")
+            if not slot.span.isempty:
+                base = slot.device_id * SPAN_DEVICE_STRIDE
+                end = max(min(slot.span.upper, base + int(at.timestamp())), slot.span.lower + 1)
+                # The slot stays as history, no longer live: the exclusion constraint ignores it.
+                slot.span = NumericRange(slot.span.lower, end, "[)")
             slot.live = False
             slot.save(update_fields=["span", "live"])
         allocation.status = AllocationStatus.RELEASED
@@ -168,8 +177,9 @@ def jobs_promote_deferred(*, now: datetime | None = None) -> list[int]:
     for job in Job.objects.filter(status=JobStatus.QUEUED, allocation__starts_at__lte=now).select_related(
         "allocation"
     ):
+        assert job.allocation is not None
         blockers = Job.objects.filter(
-            allocation__slots__device_id__in=job.allocation.slots.values("device_id"),
+            allocation__slots__device_id__in=list(job.allocation.slots.values_list("device_id", flat=True)),
             status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
         ).exclude(pk=job.pk)
         # A preempted job past its deadline is gone (SIGKILL) whatever its agent has reported.
@@ -203,13 +213,17 @@ def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
                 )
             except InvalidTransition:
                 continue
-            order = Order.objects.select_for_update().filter(pk=job.order_id).first()
+            order = (
+                Order.objects.select_for_update().filter(pk=job.order_id).first()
+                if job.order_id is not None
+                else None
+            )
             if order is not None and order.status == OrderStatus.FAILED and order.term != Term.RESERVED:
                 # _on_ended failed it as "never started"; an unacknowledged assignment is retried.
                 Order.objects.filter(pk=order.pk).update(
                     status=OrderStatus.OPEN, status_reason="re-queued: node did not respond", ended_at=None
                 )
-                hold = Hold.objects.filter(pk=order.hold_id).first()
+                hold = Hold.objects.filter(pk=order.hold_id).first() if order.hold_id is not None else None
                 if hold is not None and hold.status != HoldStatus.OPEN:
                     from billing.services import hold_place
 
@@ -229,16 +243,24 @@ def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
 
 
 def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
-    """Jobs whose allocation ends soon (reserved windows; on-demand before a reservation) get notice."""
+    """Jobs whose allocation ends soon (reserved windows; on-demand before a reservation) get notice.
+
+    Contract: SIGTERM up to ``END_NOTICE`` before the end, SIGKILL at the allocation's end (never
+    later: the devices may be booked from then on). A job its agent has not acknowledged yet is
+    left alone until the end itself, because a stop request ends an unacknowledged job at once
+    and would take away the rest of a window the buyer paid for.
+    """
     now = now or timezone.now()
     ending = Job.objects.filter(
+        Q(accepted_at__isnull=False) | Q(allocation__ends_at__lte=now),
         status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
         stop_requested_at__isnull=True,
         allocation__ends_at__lte=now + END_NOTICE,
-    )
+    ).select_related("allocation")
     stopped = []
     for job in ending:
-        job_stop_request(job=job, reason=StopReason.OPERATOR, notice=END_NOTICE)
+        assert job.allocation is not None
+        job_stop_request(job=job, reason=StopReason.OPERATOR, deadline=job.allocation.ends_at)
         stopped.append(job.pk)
     return stopped
 

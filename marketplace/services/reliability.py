@@ -40,13 +40,11 @@ def node_coverage(node: Node, *, now: datetime) -> Decimal:
     span = Decimal(max((now - start).total_seconds(), 1))
     lost_seconds = Decimal(0)
     for job in Job.objects.filter(node=node, status=JobStatus.LOST, ended_at__gte=start):
+        ended = job.ended_at
+        assert ended is not None  # the filter on ended_at excludes nulls
         # A lost job marks an outage from the last heartbeat until the node came back (or now).
-        back = (
-            node.last_heartbeat_at
-            if node.last_heartbeat_at and node.last_heartbeat_at > job.ended_at
-            else now
-        )
-        lost_seconds += Decimal(max((back - job.ended_at).total_seconds(), 0))
+        back = node.last_heartbeat_at if node.last_heartbeat_at and node.last_heartbeat_at > ended else now
+        lost_seconds += Decimal(max((back - ended).total_seconds(), 0))
     if node.last_heartbeat_at is None:
         return Decimal(0)
     silent = Decimal(max((now - node.last_heartbeat_at).total_seconds(), 0))

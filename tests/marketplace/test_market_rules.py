@@ -1,0 +1,139 @@
+"""Rules of the matching and spot rounds on PostgreSQL that the flows in test_market_flow.py do not
+reach: re-rating incumbents, one price per pool across runtimes, a refused commit, the end of a
+reserved window, and the configurable preemption notice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from billing.models import Lease
+from core.money import parse_amount
+from marketplace.models import Allocation, Job, JobStatus, OrderStatus, SpotPrice
+from marketplace.services.jobs import JobSpec
+from marketplace.services.matching import matching_run, spot_round
+from marketplace.services.offers import OfferChange, offer_update
+from marketplace.services.orders import OrderRequest, order_place
+from marketplace.services.provisioning import jobs_promote_deferred, jobs_stop_at_allocation_end
+from tests.marketplace.market_helpers import MICROS, agent_reports, funded_buyer, online_node
+
+pytestmark = pytest.mark.django_db
+
+DOCKER = JobSpec(runtime="docker", image="nvcr.io/nvidia/pytorch:24.05-py3", command=["python", "train.py"])
+PROCESS = JobSpec(runtime="process", command=["python", "-c", "print(1)"])
+
+
+def request(term: str, devices: int, limit: str, job: JobSpec = DOCKER, **extra: Any) -> OrderRequest:
+    return OrderRequest(
+        term=term, devices_per_node=devices, price_limit_micros=int(Decimal(limit) * MICROS), job=job, **extra
+    )
+
+
+def run(job: Job) -> Job:
+    agent_reports(job, "accepted")
+    return agent_reports(job, "running")
+
+
+def test_a_running_spot_job_pays_the_new_clearing_price_from_the_next_round():
+    node = online_node(name="n", devices=8, on_demand="2.50", spot_floor="1.00")
+    order, _ = order_place(buyer=funded_buyer(), request=request("spot", 4, "1.80"), idempotency_key="s")
+    assert spot_round().placed == [order.pk]
+    job = run(Job.objects.get(order=order))
+    assert Lease.objects.get(pk=job.lease_id).rate_micros == 1_000_000
+
+    # The provider raises the floor to 1.20: the job (bid 1.80) keeps its devices at the new price
+    offer_update(node=node, change=OfferChange(spot_floor_micros=parse_amount("1.20")))
+    with time_machine.travel(timezone.now() + timedelta(seconds=30)):
+        report = spot_round()
+    assert report.preempted == []
+    assert Allocation.objects.get(pk=job.allocation_id).unit_price_micros == 1_200_000
+    assert Lease.objects.get(pk=job.lease_id).rate_micros == 1_200_000
+    assert SpotPrice.objects.order_by("-round_at").first().price_micros == 1_200_000
+
+
+def test_one_clearing_price_per_pool_whatever_the_runtimes_of_the_bids():
+    # One pool; a docker bid and a process bid at different prices, and room for only one of them
+    online_node(name="n", devices=4, on_demand="2.50", spot_floor="1.00")
+    docker, _ = order_place(buyer=funded_buyer(), request=request("spot", 4, "1.50"), idempotency_key="d")
+    process, _ = order_place(
+        buyer=funded_buyer(), request=request("spot", 4, "1.90", job=PROCESS), idempotency_key="p"
+    )
+    report = spot_round()
+    # The higher bid wins (whatever its runtime); the lower one sets the price it pays
+    assert report.placed == [process.pk]
+    price = SpotPrice.objects.get()
+    assert (price.winners, price.losers) == (1, 1)
+    assert price.price_micros == 1_500_000
+    assert Allocation.objects.get(order=process).unit_price_micros == 1_500_000
+    docker.refresh_from_db()
+    assert docker.status == OrderStatus.OPEN
+
+
+def test_an_order_billing_refuses_rolls_back_alone_and_the_round_goes_on():
+    online_node(name="n", devices=8)
+    buyer = funded_buyer()
+    start = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    end = start + timedelta(minutes=10)
+    reserved, _ = order_place(
+        buyer=buyer,
+        request=request("reserved", 8, "3.00", window_start=start, window_end=end),
+        idempotency_key="r",
+    )
+    with time_machine.travel(end - timedelta(seconds=30)):
+        # A full node until 30 s before the window ends was only now freed: billing will not book
+        # under a minute; the on-demand order placed after it must still be matched.
+        on_demand, _ = order_place(buyer=buyer, request=request("on_demand", 8, "3.00"), idempotency_key="o")
+        report = matching_run()
+    assert report.conflicts == [reserved.pk]
+    assert report.placed == [on_demand.pk]
+    reserved.refresh_from_db()
+    assert reserved.status == OrderStatus.OPEN and not Allocation.objects.filter(order=reserved).exists()
+
+
+def test_a_reserved_job_gets_its_whole_window_and_is_killed_at_its_end():
+    online_node(name="n", devices=8, reserved="2.00")
+    start = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    end = start + timedelta(minutes=10)
+    order, _ = order_place(
+        buyer=funded_buyer(),
+        request=request("reserved", 2, "3.00", window_start=start, window_end=end),
+        idempotency_key="r",
+    )
+    matching_run()
+    job = Job.objects.get(order=order)
+    with time_machine.travel(start + timedelta(seconds=1)):
+        assert jobs_promote_deferred() == [job.pk]
+    # 20 s before the end, the agent has still not acknowledged: a stop now would end the job at
+    # once, so it is left alone...
+    with time_machine.travel(end - timedelta(seconds=20)):
+        assert jobs_stop_at_allocation_end() == []
+        job.refresh_from_db()
+        assert job.status == JobStatus.ASSIGNED
+        # ...until it runs: then SIGTERM now and SIGKILL exactly at the window's end
+        run(job)
+        assert jobs_stop_at_allocation_end() == [job.pk]
+    job.refresh_from_db()
+    assert job.stop_deadline == end
+    assert job.status == JobStatus.RUNNING
+
+
+def test_the_preemption_notice_is_configurable(settings: Any):
+    settings.SUANLI_PREEMPTION_NOTICE_S = 5
+    online_node(name="n", devices=4, on_demand="2.50", spot_floor="1.00")
+    spot, _ = order_place(buyer=funded_buyer(), request=request("spot", 4, "1.50"), idempotency_key="s")
+    spot_round()
+    spot_job = run(Job.objects.get(order=spot))
+    on_demand, _ = order_place(
+        buyer=funded_buyer(), request=request("on_demand", 4, "3.00"), idempotency_key="o"
+    )
+    before = timezone.now()
+    assert matching_run().placed == [on_demand.pk]
+    spot_job.refresh_from_db()
+    assert spot_job.stop_deadline - spot_job.stop_requested_at == timedelta(seconds=5)
+    allocation = Allocation.objects.get(order=on_demand)
+    assert before + timedelta(seconds=4) <= allocation.starts_at <= timezone.now() + timedelta(seconds=5)
