@@ -17,16 +17,23 @@ accelerator models, four regions, 1-8 devices, partly busy, some running spot jo
   >= any allocation the engine may make, and the gap includes what those rules cost.
   Measured on a ``lp_orders x lp_nodes`` sub-market made by the same generator (the full market's
   LP has millions of columns).
-* ``commits_per_s`` (allocations committed to PostgreSQL) belongs to the Celery layer: null here.
+* ``commits_per_s``: allocations committed per second to PostgreSQL through the rounds' real commit
+  path (``marketplace.services.matching.placement_commit``: lock the order and nodes, write the
+  allocation, one slot per device under the exclusion constraint, the job, the order transition;
+  one transaction per order) on a scratch database ``suanli_bench_matching`` created (and dropped)
+  on the ``DATABASE_URL`` server: ``commit_nodes`` 8-device nodes, ``commit_orders`` on-demand
+  orders of 1-8 devices, placed in memory by ``match_round`` and then committed one by one.
+  ``--no-commits`` skips it (null).
 
 Prints one JSON line: {"orders", "nodes", "decisions_per_s", "commits_per_s", "quality",
-"lp_orders", "lp_nodes"}.
+"lp_orders", "lp_nodes"} (and "commit_orders", "commit_nodes", "committed").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -275,6 +282,83 @@ def time_round(
     return statistics.median(times), result
 
 
+def commits_per_s(order_count: int, node_count: int, seed: int) -> tuple[float, int]:
+    """Allocations committed per second through the real commit path, on a scratch database."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("SUANLI_ENV", "test")
+    os.environ["DATABASE_TEST_NAME"] = "suanli_bench_matching"
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        return _commit_run(order_count, node_count, seed)
+    finally:
+        connection.close()
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+def _commit_run(order_count: int, node_count: int, seed: int) -> tuple[float, int]:
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from marketplace.models import Offer
+    from marketplace.models import Order as OrderRow
+    from marketplace.services import matching as db
+    from providers.models import AcceleratorModel, Device, NodeStatus, Provider
+    from providers.models import Node as NodeRow
+
+    rng = random.Random(seed)
+    accelerator = AcceleratorModel.objects.order_by("pk").first()
+    assert accelerator is not None, "the catalog migration seeds the accelerator models"
+    provider = Provider.objects.create(name="bench", slug="bench")
+    now = timezone.now()
+    nodes = NodeRow.objects.bulk_create(
+        NodeRow(
+            provider=provider, name=f"n{i}", region=rng.choice(REGIONS), cluster=f"c{i % 25}",
+            status=NodeStatus.ONLINE, last_heartbeat_at=now,
+            software={"cuda": "12.4", "runtimes": "docker,process"},
+        )
+        for i in range(node_count)
+    )  # fmt: skip
+    Device.objects.bulk_create(
+        Device(node=node, accelerator=accelerator, index=i, uuid=f"GPU-{node.pk}-{i}", memory_mib=81_559)
+        for node in nodes
+        for i in range(8)
+    )
+    Offer.objects.bulk_create(
+        Offer(
+            node=node, accelerator=accelerator, device_count=8, region=node.region, listed=True,
+            on_demand_price_micros=(price := _price(rng, 2_500_000, 0.9, 1.1)),
+            reserved_price_micros=price * 8 // 10, spot_floor_micros=price // 2,
+        )
+        for node in nodes
+    )  # fmt: skip
+    buyer = get_user_model().objects.create_user("bench-buyer")
+    orders = OrderRow.objects.bulk_create(
+        OrderRow(
+            buyer=buyer, term="on_demand", devices_per_node=rng.choices((1, 2, 4, 8), (0.35, 0.25, 0.2, 0.2))[0],
+            price_limit_micros=3_000_000, image="bench", idempotency_key=f"o{i}",
+        )
+        for i in range(order_count)
+    )  # fmt: skip
+    loaded = db.market_load()
+    free = loaded.free_during(now, now + db.RESERVATION_GUARD, None)
+    market = Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
+    rows = {order.pk: order for order in OrderRow.objects.filter(pk__in=[o.pk for o in orders])}
+    result = match_round(market=market, orders=[db.domain_order(order) for order in rows.values()])
+    committed = 0
+    started = time.perf_counter()
+    for placement in result.placements:
+        if db.placement_commit(order=rows[placement.order_id], placement=placement, loaded=loaded, now=now):
+            committed += len(placement.slots)
+    elapsed = time.perf_counter() - started
+    assert committed == sum(len(p.slots) for p in result.placements), "every in-memory placement commits"
+    return committed / elapsed, committed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=10_000)
@@ -283,6 +367,9 @@ def main() -> None:
     parser.add_argument("--lp-nodes", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=20250601)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--commit-orders", type=int, default=3_000)
+    parser.add_argument("--commit-nodes", type=int, default=1_000)
+    parser.add_argument("--no-commits", action="store_true", help="skip the PostgreSQL commit measurement")
     args = parser.parse_args()
 
     market, orders, running = generate(args.orders, args.nodes, args.seed)
@@ -292,14 +379,20 @@ def main() -> None:
     lp_result = match_round(market=lp_market, orders=lp_orders, running_spot=lp_running)
     quality = matched_value(lp_result, lp_orders, lp_running) / lp_bound(lp_market, lp_orders, lp_running)
 
+    commits, committed = (
+        (None, 0) if args.no_commits else commits_per_s(args.commit_orders, args.commit_nodes, args.seed)
+    )
     line = {
         "orders": len(orders),
         "nodes": len(market.nodes),
         "decisions_per_s": round(len(orders) / seconds),
-        "commits_per_s": None,
+        "commits_per_s": None if commits is None else round(commits, 1),
         "quality": round(quality, 4),
         "lp_orders": len(lp_orders),
         "lp_nodes": len(lp_market.nodes),
+        "commit_orders": args.commit_orders,
+        "commit_nodes": args.commit_nodes,
+        "committed": committed,
     }
     print(json.dumps(line))
 
