@@ -3,6 +3,7 @@
 from django.urls import include, path
 
 urlpatterns = [
+    path("", include("core.api_urls")),
     path("", include("providers.api.urls")),
     path("", include("billing.api.urls")),
     path("", include("marketplace.api.urls")),

@@ -102,6 +102,9 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "billing.statements.finalize",
         "schedule": crontab(day_of_month=1, hour=2, minute=0),
     },
+    # --- core ---
+    # Forget Idempotency-Keys past their 24-hour retention (core.idempotency).
+    "core-idempotency-purge": {"task": "core.idempotency.purge", "schedule": crontab(minute=41)},
 }
 app.conf.beat_schedule = BEAT_SCHEDULE
 

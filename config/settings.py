@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "core",
     "providers",
     "billing",
@@ -69,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # ETag + 304 on GET /api/v1/... (polling without re-downloading).
+    "core.middleware.ApiConditionalGetMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -197,22 +200,36 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.ApiAutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "core.api.CursorPagination",
     "PAGE_SIZE": 50,
     "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%S.%fZ",
-    # Per client IP, in the Redis cache. Agent registration: bounds join-token guessing.
-    "DEFAULT_THROTTLE_RATES": {"agent_register": env_str("SUANLI_AGENT_REGISTER_RATE") or "20/min"},
+    # Counted in Redis (core.throttling): per API key (or session user), per client IP when
+    # anonymous; agents are not throttled here. 429 carries Retry-After.
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.ApiKeyRateThrottle", "core.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api": env_str("SUANLI_API_RATE") or "1200/min",
+        "anon": env_str("SUANLI_API_ANON_RATE") or "120/min",
+        # Per client IP, in the Redis cache. Agent registration: bounds join-token guessing.
+        "agent_register": env_str("SUANLI_AGENT_REGISTER_RATE") or "20/min",
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Suanli Exchange API",
     "DESCRIPTION": "Rent GPUs, NPUs, MLUs, DCUs, Gaudi, FPGAs and CPUs by the device-hour.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the drf-spectacular-sidecar wheel: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "DeviceKindEnum": "providers.models.DeviceKind",
         "TermEnum": "marketplace.models.Term",
+        "OrderStatusEnum": "marketplace.models.OrderStatus",
+        "NodeStatusEnum": "providers.models.NodeStatus",
     },
 }
 

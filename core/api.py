@@ -5,16 +5,27 @@ Every error leaves the API as ``{"error": {"code", "message", "fields"}}``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.db.models import Q
+from django.http import Http404, HttpRequest, JsonResponse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, pagination, serializers, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import SuanliError
+from core.errors import SuanliError, ValidationFailed
 from core.money import MoneyFormatError, format_amount, parse_amount
 
 
@@ -66,11 +77,188 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
+@csrf_exempt  # nothing to protect, and a CSRF page would not be the API's error shape
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Any /api/ URL that matches no route (``/api/v1/orders/abc``): the error shape, not a page."""
+    return JsonResponse(error_body("not_found", "No such API endpoint."), status=404)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable machine code: invalid, not_found, conflict, throttled ...")
+    message = serializers.CharField(help_text="One human sentence.")
+    fields = serializers.DictField(  # type: ignore[assignment]  # the wire name "fields"
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Messages per input field (dotted paths for nested fields); empty when none.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of the API (documentation only; ``exception_handler`` builds it)."""
+
+    error = ErrorDetailSerializer()
+
+
+# --- Pagination ----------------------------------------------------------------------------------
+
+SORT_PARAMETER_CHOICES = {"newest": "-id", "oldest": "id"}
+
+
 class CursorPagination(pagination.CursorPagination):
+    """Opaque cursors over ``id``: ``?sort=newest`` (default) or ``oldest``, ``?limit=`` up to 500."""
+
     page_size = 50
     max_page_size = 500
     page_size_query_param = "limit"
     ordering = "-id"
+
+    def get_ordering(self, request: Request, queryset: Any, view: Any) -> tuple[str, ...]:
+        return (
+            SORT_PARAMETER_CHOICES[query_choice(request, "sort", list(SORT_PARAMETER_CHOICES)) or "newest"],
+        )
+
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise ValidationFailed(
+                "Invalid cursor.", fields={"cursor": "Use the next link as given."}
+            ) from None
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        return [
+            *super().get_schema_operation_parameters(view),
+            {
+                "name": "sort",
+                "required": False,
+                "in": "query",
+                "description": "newest (default) or oldest first",
+                "schema": {"type": "string", "enum": list(SORT_PARAMETER_CHOICES)},
+            },
+        ]
+
+
+class KeysetPagination(pagination.BasePagination):
+    """Forward-only opaque cursors over any ordering that ends in a unique column.
+
+    The view's ``get_keyset()`` returns ``[(name, descending), ...]`` (model fields or non-null
+    annotations, the last one unique, usually ``("id", False)``); the cursor holds the last row's
+    values, so a page never repeats or skips a row however many rows tie on the first keys.
+    """
+
+    page_size = 50
+    max_page_size = 500
+    page_size_query_param = "limit"
+    cursor_query_param = "cursor"
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
+        keys: Sequence[tuple[str, bool]] = view.get_keyset()
+        self.request = request
+        self.limit = self._limit(request)
+        queryset = queryset.order_by(*[f"-{name}" if desc else name for name, desc in keys])
+        raw = request.query_params.get(self.cursor_query_param)
+        if raw:
+            queryset = queryset.filter(self._after(keys, self._decode(raw, len(keys))))
+        rows = list(queryset[: self.limit + 1])
+        self.next_values = None
+        if len(rows) > self.limit:
+            rows = rows[: self.limit]
+            self.next_values = [_cursor_value(getattr(rows[-1], name)) for name, _ in keys]
+        return rows
+
+    def _limit(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw in (None, ""):
+            return self.page_size
+        try:
+            return max(1, min(int(raw), self.max_page_size))
+        except ValueError:
+            raise ValidationFailed(
+                "limit must be a whole number.", fields={"limit": "A whole number."}
+            ) from None
+
+    @staticmethod
+    def _decode(raw: str, length: int) -> list[Any]:
+        try:
+            values = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)))
+        except (ValueError, binascii.Error, UnicodeError):
+            values = None
+        if not isinstance(values, list) or len(values) != length:
+            raise ValidationFailed("Invalid cursor.", fields={"cursor": "Use the next link as given."})
+        return values
+
+    @staticmethod
+    def _after(keys: Sequence[tuple[str, bool]], values: list[Any]) -> Q:
+        condition = Q(pk__in=[])
+        for i, (name, desc) in enumerate(keys):
+            step = Q(**{name: value for (name, _), value in zip(keys[:i], values[:i], strict=True)})
+            condition |= step & Q(**{f"{name}__{'lt' if desc else 'gt'}": values[i]})
+        return condition
+
+    def get_next_link(self) -> str | None:
+        if self.next_values is None:
+            return None
+        cursor = base64.urlsafe_b64encode(json.dumps(self.next_values).encode()).decode().rstrip("=")
+        params = {k: v for k, v in self.request.query_params.items() if k != self.cursor_query_param}
+        params[self.cursor_query_param] = cursor
+        return self.request.build_absolute_uri(self.request.path) + "?" + urlencode(params)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"next": self.get_next_link(), "previous": None, "results": data})
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["results"],
+            "properties": {
+                "next": {"type": "string", "nullable": True, "format": "uri"},
+                "previous": {"type": "string", "nullable": True, "format": "uri"},
+                "results": schema,
+            },
+        }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": self.cursor_query_param, "required": False, "in": "query",
+             "description": "The cursor from the previous page's next link.", "schema": {"type": "string"}},
+            {"name": self.page_size_query_param, "required": False, "in": "query",
+             "description": f"Results per page (at most {self.max_page_size}).", "schema": {"type": "integer"}},
+        ]  # fmt: skip
+
+
+def _cursor_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal | datetime) else value
+
+
+# --- Query parameters ------------------------------------------------------------------------------
+
+
+def query_choice(request: Request, name: str, choices: Sequence[str]) -> str | None:
+    """A query parameter that must be one of ``choices`` (None when absent or empty)."""
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if value not in choices:
+        raise ValidationFailed(
+            f"{name}: choose one of {', '.join(choices)}.", fields={name: "Invalid choice."}
+        )
+    return value
+
+
+def query_datetime(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 time with its offset (``2026-03-02T09:00:00Z``), or None when absent."""
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValidationFailed(
+            f"{name} must be an ISO 8601 time with a zone, like 2026-03-02T09:00:00Z.",
+            fields={name: "An ISO 8601 time with a zone."},
+        )
+    return parsed
 
 
 @extend_schema_field(
@@ -103,4 +291,29 @@ class MoneyField(serializers.Field):
         return micros
 
 
-__all__ = ["CursorPagination", "MoneyField", "error_body", "exception_handler", "status"]
+@extend_schema_field({"type": "string", "pattern": "^[A-Z]{3}$", "example": "USD"})
+class CurrencyField(serializers.Field):
+    """The exchange's ISO 4217 currency, next to every amount (read-only)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(source="*", read_only=True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        from django.conf import settings
+
+        return str(settings.SUANLI_CURRENCY)
+
+
+__all__ = [
+    "CurrencyField",
+    "CursorPagination",
+    "ErrorSerializer",
+    "KeysetPagination",
+    "MoneyField",
+    "error_body",
+    "exception_handler",
+    "query_choice",
+    "query_datetime",
+    "status",
+]

@@ -1,4 +1,4 @@
-"""API key services."""
+"""Core services: API keys and idempotent requests."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.errors import NotFound, ValidationFailed
-from core.models import ApiKey, ApiKeyScope
+from core.errors import Conflict, NotFound, ValidationFailed
+from core.models import ApiKey, ApiKeyScope, IdempotentRequest
+
+IDEMPOTENCY_KEY_MAX = 128
+# A request still "in progress" after this long crashed mid-way; a retry may take its key over.
+# The creating services behind idempotent views are themselves safe to call again (orders and
+# top-ups carry the key into their own unique constraints), so a takeover never doubles money.
+IDEMPOTENCY_STALE_AFTER = timedelta(minutes=2)
+# Completed requests are replayable for this long, then purged.
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 def hash_secret(secret: str) -> str:
@@ -69,3 +79,76 @@ def apikey_authenticate(secret: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
     return api_key
+
+
+# --- Idempotent requests -------------------------------------------------------------------------
+
+
+def idempotent_request_begin(
+    *, user: Any, key: str, method: str, path: str, body_hash: str
+) -> IdempotentRequest | None:
+    """Reserve ``key`` for this request, or return the completed earlier request to replay.
+
+    Contract: returns None when the caller should run the request (the key is now reserved and
+    must be settled with ``idempotent_request_finish`` or ``idempotent_request_abandon``); returns
+    the earlier request when the same key was used for the same method, path and body and
+    completed; raises ``Conflict`` when the key was used for a different request, or when the
+    earlier one is still running. Must run outside a transaction so the reservation is visible to
+    concurrent retries at once.
+    """
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise ValidationFailed(
+            f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters.",
+            fields={"Idempotency-Key": f"1 to {IDEMPOTENCY_KEY_MAX} printable characters."},
+        )
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            IdempotentRequest.objects.create(
+                user=user, key=key, method=method, path=path[:255], body_hash=body_hash, started_at=now
+            )
+        return None
+    except IntegrityError:
+        pass
+    earlier = IdempotentRequest.objects.filter(user=user, key=key).first()
+    if earlier is None:  # purged between the insert and the read: try once more
+        return idempotent_request_begin(user=user, key=key, method=method, path=path, body_hash=body_hash)
+    if (earlier.method, earlier.path, earlier.body_hash) != (method, path[:255], body_hash):
+        raise Conflict(
+            "This Idempotency-Key was already used for a different request.",
+            code="idempotency_key_reused",
+            fields={"Idempotency-Key": "Already used for a different request; use a new key."},
+        )
+    if earlier.status_code is not None:
+        return earlier
+    # In progress: either running right now (answer 409, retry later) or crashed (take it over).
+    taken = 0
+    if earlier.started_at < now - IDEMPOTENCY_STALE_AFTER:
+        taken = IdempotentRequest.objects.filter(
+            pk=earlier.pk, status_code__isnull=True, started_at=earlier.started_at
+        ).update(started_at=now)
+    if taken != 1:
+        raise Conflict(
+            "A request with this Idempotency-Key is still in progress; retry in a few seconds.",
+            code="idempotency_in_progress",
+        )
+    return None
+
+
+def idempotent_request_finish(*, user: Any, key: str, status_code: int, response_body: Any) -> None:
+    """Record the successful response of a reserved request, for replay."""
+    IdempotentRequest.objects.filter(user=user, key=key, status_code__isnull=True).update(
+        status_code=status_code, response_body=response_body, completed_at=timezone.now()
+    )
+
+
+def idempotent_request_abandon(*, user: Any, key: str) -> None:
+    """Free a reserved key whose request failed, so the client may retry with it."""
+    IdempotentRequest.objects.filter(user=user, key=key, status_code__isnull=True).delete()
+
+
+def idempotent_requests_purge(*, now: Any = None) -> int:
+    """Delete requests completed (or abandoned mid-way) longer than the retention period ago."""
+    cutoff = (now or timezone.now()) - IDEMPOTENCY_RETENTION
+    deleted, _ = IdempotentRequest.objects.filter(started_at__lt=cutoff).delete()
+    return deleted

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from django.db import transaction
 
 
@@ -29,3 +29,11 @@ class SuanliTask(Task):
             transaction.on_commit(lambda: super(SuanliTask, self).apply_async(args, kwargs, **options))
             return None
         return super().apply_async(args, kwargs, **options)
+
+
+@shared_task(base=SuanliTask, name="core.idempotency.purge", soft_time_limit=60, time_limit=90)
+def idempotent_requests_purge() -> int:
+    """Forget Idempotency-Keys older than their 24-hour retention."""
+    from core.services import idempotent_requests_purge as purge
+
+    return purge()

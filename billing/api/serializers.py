@@ -78,12 +78,12 @@ class UsageSerializer(serializers.ModelSerializer):
         until = lease.billed_through or timezone.now()
         return format_amount(max(0, lease_owed_micros(lease, until)))
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_avg_utilization_pct(self, lease: Lease) -> str | None:
         agg = self._aggregate(lease)
         return None if agg is None or agg.avg_utilization_pct is None else str(agg.avg_utilization_pct)
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_energy_kwh(self, lease: Lease) -> str | None:
         agg = self._aggregate(lease)
         return None if agg is None or agg.energy_kwh is None else str(agg.energy_kwh)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -25,9 +25,12 @@ from billing.api.serializers import (
     UsageSerializer,
     WalletSerializer,
 )
-from billing.models import Statement, StatementKind
+from billing.models import LeaseKind, LeaseStatus, PayoutStatus, Statement, StatementKind, StatementStatus
+from core.api import query_choice
 from core.auth import HasScope
-from core.errors import Forbidden
+from core.errors import Forbidden, ValidationFailed
+from core.idempotency import idempotency_parameter, idempotent
+from core.schema import error_response
 
 
 class WalletView(APIView):
@@ -43,7 +46,22 @@ class TopUpCreateView(APIView):
     permission_classes = [IsAuthenticated, HasScope]
     required_scope = "trade"
 
-    @extend_schema(request=TopUpCreateSerializer, responses={201: TopUpSerializer})
+    @extend_schema(
+        request=TopUpCreateSerializer,
+        responses={
+            201: TopUpSerializer,
+            200: TopUpSerializer,
+            409: error_response("The Idempotency-Key was used for another request, or is in progress."),
+            502: error_response("Stripe could not be reached; retry with the same Idempotency-Key."),
+        },
+        parameters=[idempotency_parameter()],
+        description=(
+            "Start a Stripe Checkout top-up; open checkout_url to pay. The wallet is credited when "
+            "Stripe confirms the payment. A retry with the same Idempotency-Key and body answers 200 "
+            "with the same top-up."
+        ),
+    )
+    @idempotent()
     def post(self, request: Request) -> Response:
         body = TopUpCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -61,7 +79,30 @@ class UsageListView(generics.ListAPIView):
     serializer_class = UsageSerializer
 
     def get_queryset(self) -> Any:
-        return selectors.leases_for_buyer(user=self.request.user)
+        leases = selectors.leases_for_buyer(user=self.request.user)
+        lease_status = query_choice(self.request, "status", LeaseStatus.values)
+        if lease_status:
+            leases = leases.filter(status=lease_status)
+        kind = query_choice(self.request, "kind", LeaseKind.values)
+        if kind:
+            leases = leases.filter(kind=kind)
+        job = self.request.query_params.get("job")
+        if job:
+            if not job.isdigit() or len(job) > 18:
+                raise ValidationFailed("job must be a job id.", fields={"job": "A job id."})
+            leases = leases.filter(job_id=int(job))
+        return leases
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=LeaseStatus.values),
+            OpenApiParameter("kind", str, enum=LeaseKind.values),
+            OpenApiParameter("job", int, description="Only the lease of this job"),
+        ],
+        description="Priced time (one lease per job): rate, what was charged so far, and what is owed.",
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = dict(super().get_serializer_context())
@@ -81,7 +122,15 @@ class InvoiceListView(generics.ListAPIView):
     serializer_class = StatementSerializer
 
     def get_queryset(self) -> Any:
-        return selectors.invoices_for(user=self.request.user)
+        invoices = selectors.invoices_for(user=self.request.user)
+        invoice_status = query_choice(self.request, "status", StatementStatus.values)
+        if invoice_status:
+            invoices = invoices.filter(status=invoice_status)
+        return invoices
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=StatementStatus.values)])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 class InvoiceDetailView(generics.RetrieveAPIView):
@@ -115,7 +164,15 @@ class PayoutListView(generics.ListAPIView):
     serializer_class = PayoutSerializer
 
     def get_queryset(self) -> Any:
-        return selectors.payouts_for(user=self.request.user)
+        payouts = selectors.payouts_for(user=self.request.user)
+        payout_status = query_choice(self.request, "status", PayoutStatus.values)
+        if payout_status:
+            payouts = payouts.filter(status=payout_status)
+        return payouts
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=PayoutStatus.values)])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 class PayoutAccountView(APIView):
@@ -124,7 +181,13 @@ class PayoutAccountView(APIView):
     permission_classes = [IsAuthenticated, HasScope]
     required_scope = "provider"
 
-    @extend_schema(request=PayoutAccountSerializer, responses={201: CheckoutUrlSerializer})
+    @extend_schema(
+        request=PayoutAccountSerializer,
+        responses={
+            201: CheckoutUrlSerializer,
+            502: error_response("Stripe could not be reached, or refused the request."),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = PayoutAccountSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -87,5 +87,5 @@ class JobSerializer(serializers.ModelSerializer):
             "id", "status", "node", "device_indexes", "runtime", "image", "command", "env", "ports",
             "memory_mib", "cpus", "published_ports", "exit_code", "message", "assigned_at",
             "accepted_at", "started_at", "ended_at", "stop_requested_at", "stop_deadline",
-            "stop_reason", "log_size", "created_at",
+            "stop_reason", "log_size", "created_at", "updated_at",
         ]  # fmt: skip

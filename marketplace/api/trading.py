@@ -5,7 +5,9 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import DecimalField, F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -13,10 +15,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import MoneyField
+from core.api import CurrencyField, KeysetPagination, MoneyField, query_choice, query_datetime
 from core.auth import HasScope
 from core.errors import ValidationFailed
+from core.idempotency import idempotency_parameter, idempotent
 from core.money import MoneyFormatError, format_amount, parse_amount
+from core.schema import error_response
 from marketplace.matching.market import Reason
 from marketplace.models import MAX_PRICE_MICROS, Job, Offer, Order, OrderStatus, SpotPrice, StopReason, Term
 from marketplace.selectors import OFFER_SORTS, TERM_PRICE_FIELD, OfferFilters, job_get_for_buyer, offers_list
@@ -25,6 +29,7 @@ from marketplace.services.jobs import job_stop_request
 from marketplace.services.matching import order_explain
 from marketplace.services.offers import OfferChange, offer_update
 from marketplace.services.orders import OrderRequest, order_cancel, order_get_for_buyer, order_place
+from providers.api.serializers import NodeSerializer
 from providers.models import DeviceKind, Vendor
 from providers.selectors import node_get_for_member
 
@@ -94,7 +99,7 @@ def _positive_int(request: Request, name: str) -> int | None:
     if value in (None, ""):
         return None
     try:
-        number = int(value)  # type: ignore[arg-type]
+        number = int(value)
     except ValueError:
         raise ValidationFailed(f"{name} must be a whole number.", fields={name: "A whole number."}) from None
     if number < 1 or number > 100_000:
@@ -102,12 +107,22 @@ def _positive_int(request: Request, name: str) -> int | None:
     return number
 
 
+def model_filter(model: str, prefix: str) -> Q:
+    """An accelerator by catalog model, by the name vendor tools print, or by model prefix
+    (``H100`` finds "H100 SXM 80GB" and "H100 PCIe 80GB"), case-insensitively."""
+    return (
+        Q(**{f"{prefix}model__iexact": model})
+        | Q(**{f"{prefix}match_names__contains": [model]})
+        | Q(**{f"{prefix}model__istartswith": model})
+    )
+
+
 def offer_filters_from(request: Request) -> OfferFilters:
     max_price = request.query_params.get("max_price")
     max_micros = None
     if max_price not in (None, ""):
         try:
-            max_micros = parse_amount(max_price)  # type: ignore[arg-type]
+            max_micros = parse_amount(max_price)
         except MoneyFormatError:
             raise ValidationFailed(
                 "max_price must be an amount like 2.50.", fields={"max_price": "An amount."}
@@ -116,7 +131,7 @@ def offer_filters_from(request: Request) -> OfferFilters:
     min_reliability = None
     if min_rel not in (None, ""):
         try:
-            min_reliability = Decimal(min_rel)  # type: ignore[arg-type]
+            min_reliability = Decimal(min_rel)
         except InvalidOperation:
             min_reliability = Decimal(-1)
         if not Decimal(0) <= min_reliability <= Decimal(1):
@@ -126,7 +141,8 @@ def offer_filters_from(request: Request) -> OfferFilters:
     return OfferFilters(
         kind=_choice(request, "kind", DeviceKind.values),
         vendor=_choice(request, "vendor", Vendor.values),
-        model=request.query_params.get("model") or None,
+        # Matched below (model_filter): a catalog model, a vendor tool's name, or a prefix ("H100").
+        model=None,
         min_memory_gib=_positive_int(request, "min_memory_gib"),
         region=request.query_params.get("region") or None,
         term=_choice(request, "term", tuple(TERM_PRICE_FIELD)) or "on_demand",
@@ -140,7 +156,9 @@ def offer_filters_from(request: Request) -> OfferFilters:
 OFFER_PARAMETERS = [
     OpenApiParameter("kind", str, enum=DeviceKind.values),
     OpenApiParameter("vendor", str, enum=Vendor.values),
-    OpenApiParameter("model", str, description="Catalog model or the name vendor tools print"),
+    OpenApiParameter(
+        "model", str, description="Catalog model, the name vendor tools print, or a prefix (H100)"
+    ),
     OpenApiParameter("min_memory_gib", int),
     OpenApiParameter("region", str),
     OpenApiParameter(
@@ -153,15 +171,36 @@ OFFER_PARAMETERS = [
 ]
 
 
+# A price per PFLOP-hour sorts after every real one when the model has no FP16 figure.
+_NO_PFLOP_PRICE = Value(Decimal("1e20"), output_field=DecimalField(max_digits=30, decimal_places=4))
+
+# The keyset (see core.api.KeysetPagination) of each sort: the selector's ordering, spelled as
+# non-null columns so that a cursor can hold the last row's values.
+OFFER_KEYSETS: dict[str, list[tuple[str, bool]]] = {
+    "price": [("term_price_micros", False), ("id", False)],
+    "price_per_pflop": [("pflop_sort", False), ("id", False)],
+    "reliability": [("reliability", True), ("term_price_micros", False), ("id", False)],
+    "carbon": [("kg_co2e_per_device_hour", False), ("term_price_micros", False), ("id", False)],
+}
+
+
 class OfferListView(generics.ListAPIView):
     """Listed capacity that one order can get now (free devices per node), filtered and sorted."""
 
     permission_classes = [AllowAny]
     serializer_class = OfferSerializer
-    pagination_class = None
+    pagination_class = KeysetPagination
 
     def get_queryset(self) -> QuerySet[Offer]:
-        return offers_list(filters=offer_filters_from(self.request))[:500]
+        self.filters = offer_filters_from(self.request)
+        offers = offers_list(filters=self.filters).annotate(
+            pflop_sort=Coalesce(F("price_per_pflop_micros"), _NO_PFLOP_PRICE)
+        )
+        model = self.request.query_params.get("model")
+        return offers.filter(model_filter(model, "accelerator__")) if model else offers
+
+    def get_keyset(self) -> list[tuple[str, bool]]:
+        return OFFER_KEYSETS[self.filters.sort if self.filters.sort in OFFER_KEYSETS else "price"]
 
     @extend_schema(parameters=OFFER_PARAMETERS)
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -205,6 +244,7 @@ class AllocationOutSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     node = serializers.IntegerField(source="node_id")
     unit_price = MoneyField(source="unit_price_micros")
+    currency = CurrencyField()
     starts_at = serializers.DateTimeField()
     ends_at = serializers.DateTimeField(allow_null=True)
     status = serializers.CharField()
@@ -221,12 +261,14 @@ class OrderJobSerializer(serializers.Serializer):
     stop_reason = serializers.CharField()
     preemption_reason = serializers.CharField()
     stop_deadline = serializers.DateTimeField(allow_null=True)
+    updated_at = serializers.DateTimeField()
 
 
 class OrderSerializer(serializers.ModelSerializer):
     price_limit = MoneyField(source="price_limit_micros")
     accelerators = serializers.ListField(source="accelerator_ids", child=serializers.IntegerField())
     software = serializers.CharField(source="software_spec")
+    currency = CurrencyField()
     job = serializers.SerializerMethodField()
     allocations = AllocationOutSerializer(many=True, read_only=True)
     jobs = OrderJobSerializer(many=True, read_only=True)
@@ -236,13 +278,30 @@ class OrderSerializer(serializers.ModelSerializer):
         fields = [
             "id", "term", "status", "status_reason", "offer", "accelerators", "kind", "min_memory_mib",
             "devices_per_node", "node_count", "region", "software", "min_reliability", "price_limit",
-            "window_start", "window_end", "restart_on_failure", "job", "allocations", "jobs",
+            "currency", "window_start", "window_end", "restart_on_failure", "job", "allocations", "jobs",
             "matched_at", "ended_at", "created_at", "updated_at",
         ]  # fmt: skip
 
     def get_job(self, order: Order) -> dict[str, Any]:
         return {"image": order.image, "command": order.command, "env": order.env, "ports": order.ports,
                 "runtime": order.runtime}  # fmt: skip
+
+
+class UnmatchedReasonSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    nodes = serializers.IntegerField()
+    lowest_floor = MoneyField(allow_null=True)
+    frees_at = serializers.DateTimeField(allow_null=True)
+    clearing_price = MoneyField(allow_null=True)
+
+
+class OrderDetailSerializer(OrderSerializer):
+    unmatched_reasons = UnmatchedReasonSerializer(many=True, read_only=True, help_text=(
+        "Why an open order is not matched yet (empty when it can be placed at the next round)."
+    ))  # fmt: skip
+
+    class Meta(OrderSerializer.Meta):
+        fields = [*OrderSerializer.Meta.fields, "unmatched_reasons"]
 
 
 def _reason_json(reason: Reason) -> dict[str, Any]:
@@ -263,34 +322,58 @@ def _orders_for(user: Any) -> QuerySet[Order]:
     return Order.objects.filter(buyer=user).prefetch_related("allocations", "jobs")
 
 
-class OrderListCreateView(APIView):
+class OrderListCreateView(generics.ListAPIView):
+    """The buyer's orders (filter by status, term, updated_since) and placing a new one."""
+
     permission_classes = [IsAuthenticated, HasScope]
+    serializer_class = OrderSerializer
 
     @property
-    def required_scope(self) -> str:  # type: ignore[override]
+    def required_scope(self) -> str:
         return "trade" if self.request.method == "POST" else "read"
 
-    @extend_schema(responses=OrderSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        from core.api import CursorPagination
-
-        paginator = CursorPagination()
-        qs = _orders_for(request.user)
-        status_filter = request.query_params.get("status")
+    def get_queryset(self) -> QuerySet[Order]:
+        qs = _orders_for(self.request.user)
+        status_filter = query_choice(self.request, "status", OrderStatus.values)
         if status_filter:
-            if status_filter not in OrderStatus.values:
-                raise ValidationFailed(
-                    "Unknown status.", fields={"status": f"One of {', '.join(OrderStatus.values)}."}
-                )
             qs = qs.filter(status=status_filter)
-        page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(OrderSerializer(page, many=True).data)
+        term = query_choice(self.request, "term", Term.values)
+        if term:
+            qs = qs.filter(term=term)
+        updated_since = query_datetime(self.request, "updated_since")
+        if updated_since is not None:
+            qs = qs.filter(updated_at__gte=updated_since)
+        return qs
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=OrderStatus.values),
+            OpenApiParameter("term", str, enum=Term.values),
+            OpenApiParameter(
+                "updated_since",
+                OpenApiTypes.DATETIME,
+                description="Only orders changed at or after this time",
+            ),
+        ]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
         request=OrderInSerializer,
-        responses={201: OrderSerializer, 200: OrderSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)],
+        responses={
+            201: OrderSerializer,
+            200: OrderSerializer,
+            402: error_response("The wallet cannot cover the hold (one hour, or the whole window)."),
+            409: error_response("The Idempotency-Key was used for another request, or is in progress."),
+        },
+        parameters=[idempotency_parameter(required=True)],
+        description=(
+            "Place an order; the matcher places it within seconds. 201 with the new order; a retry "
+            "with the same Idempotency-Key and body answers 200 with the original response."
+        ),
     )
+    @idempotent(required=True)
     def post(self, request: Request) -> Response:
         data = OrderInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -327,7 +410,7 @@ class OrderDetailView(APIView):
     permission_classes = [IsAuthenticated, HasScope]
     required_scope = "read"
 
-    @extend_schema(responses=OrderSerializer)
+    @extend_schema(responses=OrderDetailSerializer)
     def get(self, request: Request, order_id: int) -> Response:
         order = order_get_for_buyer(buyer=request.user, order_id=order_id)  # type: ignore[arg-type]
         body = dict(OrderSerializer(_orders_for(request.user).get(pk=order.pk)).data)
@@ -339,7 +422,11 @@ class OrderCancelView(APIView):
     permission_classes = [IsAuthenticated, HasScope]
     required_scope = "trade"
 
-    @extend_schema(request=None, responses=OrderSerializer)
+    @extend_schema(
+        request=None,
+        responses={200: OrderSerializer, 409: error_response("The order changed concurrently; retry.")},
+        description="Cancel: an open order at once (hold released); a running one stops its jobs.",
+    )
     def post(self, request: Request, order_id: int) -> Response:
         order = order_get_for_buyer(buyer=request.user, order_id=order_id)  # type: ignore[arg-type]
         order_cancel(order=order)
@@ -352,7 +439,10 @@ class JobStopView(APIView):
     permission_classes = [IsAuthenticated, HasScope]
     required_scope = "trade"
 
-    @extend_schema(request=None, responses=OrderJobSerializer)
+    @extend_schema(
+        request=None,
+        responses={200: OrderJobSerializer, 409: error_response("The job changed concurrently; retry.")},
+    )
     def post(self, request: Request, job_id: int) -> Response:
         job = job_get_for_buyer(user=request.user, job_id=job_id)
         job = job_stop_request(job=job, reason=StopReason.BUYER)
@@ -365,10 +455,11 @@ class JobStopView(APIView):
 class SpotPriceSerializer(serializers.ModelSerializer):
     accelerator = serializers.CharField(source="accelerator.model")
     price = MoneyField(source="price_micros")
+    currency = CurrencyField()
 
     class Meta:
         model = SpotPrice
-        fields = ["accelerator", "region", "round_at", "price", "winners", "losers"]
+        fields = ["id", "accelerator", "region", "round_at", "price", "currency", "winners", "losers"]
 
 
 class SpotPriceListView(generics.ListAPIView):
@@ -382,14 +473,21 @@ class SpotPriceListView(generics.ListAPIView):
         model = self.request.query_params.get("model")
         region = self.request.query_params.get("region")
         if model:
-            qs = qs.filter(accelerator__model__iexact=model) | qs.filter(
-                accelerator__match_names__contains=[model]
-            )
+            qs = qs.filter(model_filter(model, "accelerator__"))
         if region:
             qs = qs.filter(region=region)
+        since = query_datetime(self.request, "since")
+        if since is not None:
+            qs = qs.filter(round_at__gte=since)
         return qs
 
-    @extend_schema(parameters=[OpenApiParameter("model", str), OpenApiParameter("region", str)])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("model", str, description="Accelerator model of the pool, e.g. H100"),
+            OpenApiParameter("region", str, description="Region of the pool, e.g. cn-east"),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, description="Only rounds at or after this time"),
+        ]
+    )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
@@ -410,11 +508,19 @@ class NodeOfferSerializer(serializers.ModelSerializer):
     on_demand_price = MoneyField(source="on_demand_price_micros")
     reserved_price = MoneyField(source="reserved_price_micros")
     spot_floor = MoneyField(source="spot_floor_micros")
+    currency = CurrencyField()
 
     class Meta:
         model = Offer
-        fields = ["id", "on_demand_price", "reserved_price", "spot_floor", "listed", "min_rental_minutes",
-                  "max_rental_hours", "reliability", "device_count", "updated_at"]  # fmt: skip
+        fields = ["id", "on_demand_price", "reserved_price", "spot_floor", "currency", "listed",
+                  "min_rental_minutes", "max_rental_hours", "reliability", "device_count", "updated_at"]  # fmt: skip
+
+
+class ProviderNodeDetailSerializer(NodeSerializer):
+    offer = NodeOfferSerializer(allow_null=True, help_text="Null until the node has reported its devices.")
+
+    class Meta(NodeSerializer.Meta):
+        fields = [*NodeSerializer.Meta.fields, "offer"]
 
 
 class ProviderNodeView(APIView):
@@ -425,19 +531,18 @@ class ProviderNodeView(APIView):
 
     def _body(self, node: Any) -> dict[str, Any]:
         from marketplace.services.offers import offer_sync
-        from providers.api.serializers import NodeSerializer
 
         body = dict(NodeSerializer(node).data)
         offer = offer_sync(node=node) if node.devices.exists() else None
         body["offer"] = NodeOfferSerializer(offer).data if offer is not None else None
         return body
 
-    @extend_schema(responses=NodeOfferSerializer)
+    @extend_schema(responses=ProviderNodeDetailSerializer)
     def get(self, request: Request, node_id: int) -> Response:
         node = node_get_for_member(user=request.user, node_id=node_id)  # type: ignore[arg-type]
         return Response(self._body(node))
 
-    @extend_schema(request=OfferChangeSerializer, responses=NodeOfferSerializer)
+    @extend_schema(request=OfferChangeSerializer, responses=ProviderNodeDetailSerializer)
     def patch(self, request: Request, node_id: int) -> Response:
         node = node_get_for_member(user=request.user, node_id=node_id)  # type: ignore[arg-type]
         data = OfferChangeSerializer(data=request.data)

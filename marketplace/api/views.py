@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -13,6 +14,7 @@ from rest_framework.views import APIView
 from billing.services import UsageSampleIn
 from core.auth import HasScope
 from core.errors import ValidationFailed
+from core.schema import error_response
 from marketplace.api.serializers import (
     JobEventInSerializer,
     JobLogInSerializer,
@@ -43,6 +45,8 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int, maxim
 class AgentView(APIView):
     authentication_classes = [NodeCredentialAuthentication]
     permission_classes = [IsNodeAgent]
+    # Agents are bounded by their protocol (long-poll, batched samples), not by API rate limits.
+    throttle_classes: list[Any] = []
 
 
 class AgentWorkView(AgentView):
@@ -96,7 +100,11 @@ class AgentJobEventView(AgentView):
 class AgentJobLogView(AgentView):
     @extend_schema(
         request=JobLogInSerializer,
-        responses=inline_serializer("AgentJobLogOut", {"next_offset": serializers.IntegerField()}),
+        responses={
+            200: inline_serializer("AgentJobLogOut", {"next_offset": serializers.IntegerField()}),
+            409: error_response("The chunk starts past the end of the log (a gap); resend from next_offset."),
+            413: error_response("The chunk is larger than 64 KiB of UTF-8."),
+        },
     )
     def post(self, request: Request, job_id: int) -> Response:
         node = request_node(request)
@@ -111,10 +119,13 @@ class AgentJobLogView(AgentView):
 class AgentUsageView(AgentView):
     @extend_schema(
         request=UsageInSerializer,
-        responses=inline_serializer(
-            "AgentUsageOut",
-            {"accepted": serializers.IntegerField(), "duplicates": serializers.IntegerField()},
-        ),
+        responses={
+            200: inline_serializer(
+                "AgentUsageOut",
+                {"accepted": serializers.IntegerField(), "duplicates": serializers.IntegerField()},
+            ),
+            404: error_response("A sample names a job that is not this node's; nothing was stored."),
+        },
     )
     def post(self, request: Request) -> Response:
         node = request_node(request)

@@ -5,7 +5,7 @@ from typing import Any, cast
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -13,7 +13,10 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from core.api import query_choice
 from core.auth import HasScope
+from core.idempotency import idempotency_parameter, idempotent
+from core.schema import error_response
 from providers.api.serializers import (
     AcceleratorSerializer,
     HeartbeatInSerializer,
@@ -23,7 +26,7 @@ from providers.api.serializers import (
     parse_heartbeat,
 )
 from providers.auth import IsNodeAgent, NodeCredentialAuthentication, request_node
-from providers.models import AcceleratorModel, Node
+from providers.models import AcceleratorModel, Node, NodeStatus
 from providers.selectors import nodes_for_member, provider_for_member
 from providers.services import (
     heartbeat_record,
@@ -45,6 +48,20 @@ class AcceleratorListView(generics.ListAPIView):
 # --- Provider API ------------------------------------------------------------------------------
 
 
+JOIN_TOKEN_OUT = inline_serializer(
+    "JoinTokenOut",
+    {
+        "id": serializers.IntegerField(),
+        "provider": serializers.IntegerField(),
+        "token": serializers.CharField(),
+        "install_command": serializers.CharField(),
+        "region": serializers.CharField(),
+        "cluster": serializers.CharField(),
+        "expires_at": serializers.DateTimeField(),
+    },
+)
+
+
 class JoinTokenCreateView(APIView):
     """Issue a one-time join token and the one-line install command for a node."""
 
@@ -54,20 +71,16 @@ class JoinTokenCreateView(APIView):
     @extend_schema(
         request=JoinTokenInSerializer,
         responses={
-            201: inline_serializer(
-                "JoinTokenOut",
-                {
-                    "id": serializers.IntegerField(),
-                    "provider": serializers.IntegerField(),
-                    "token": serializers.CharField(),
-                    "install_command": serializers.CharField(),
-                    "region": serializers.CharField(),
-                    "cluster": serializers.CharField(),
-                    "expires_at": serializers.DateTimeField(),
-                },
-            )
+            201: JOIN_TOKEN_OUT,
+            200: JOIN_TOKEN_OUT,
         },
+        parameters=[idempotency_parameter()],
+        description=(
+            "201 with the token and its install command (shown once); a retry with the same "
+            "Idempotency-Key and body answers 200 with the same token."
+        ),
     )
+    @idempotent()
     def post(self, request: Request) -> Response:
         body = JoinTokenInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -89,7 +102,7 @@ class JoinTokenCreateView(APIView):
                 "install_command": issued.install_command,
                 "region": join_token.region,
                 "cluster": join_token.cluster,
-                "expires_at": join_token.expires_at,
+                "expires_at": serializers.DateTimeField().to_representation(join_token.expires_at),
             },
             status=status.HTTP_201_CREATED,
         )
@@ -103,7 +116,20 @@ class NodeListView(generics.ListAPIView):
     serializer_class = NodeSerializer
 
     def get_queryset(self) -> QuerySet[Node]:
-        return nodes_for_member(user=cast(User, self.request.user))
+        nodes = nodes_for_member(user=cast(User, self.request.user))
+        node_status = query_choice(self.request, "status", NodeStatus.values)
+        if node_status:
+            nodes = nodes.filter(status=node_status)
+        region = self.request.query_params.get("region")
+        if region:
+            nodes = nodes.filter(region=region)
+        return nodes
+
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=NodeStatus.values), OpenApiParameter("region", str)]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 # --- Agent API (/api/agent/v1/) ----------------------------------------------------------------
@@ -114,6 +140,8 @@ class AgentPingView(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    # Probed by agents and load balancers, and the benchmarks' floor: never throttled.
+    throttle_classes: list[Any] = []
 
     @extend_schema(
         responses=inline_serializer(
@@ -143,7 +171,9 @@ class AgentRegisterView(APIView):
                     "credential": serializers.CharField(),
                     "heartbeat_interval": serializers.IntegerField(),
                 },
-            )
+            ),
+            409: error_response("The provider already has a node of this name."),
+            410: error_response("The join token was already used, or has expired."),
         },
     )
     def post(self, request: Request) -> Response:
@@ -171,6 +201,8 @@ class AgentHeartbeatView(APIView):
 
     authentication_classes = [NodeCredentialAuthentication]
     permission_classes = [IsNodeAgent]
+    # Agents are bounded by their protocol (one heartbeat per 10 s), not by the API rate limits.
+    throttle_classes: list[Any] = []
 
     @extend_schema(
         request=HeartbeatInSerializer,

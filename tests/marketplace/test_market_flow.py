@@ -260,15 +260,15 @@ def test_offer_list_filters_sorts_and_shows_only_free_capacity():
     online_node(name="a", on_demand="2.50", region="cn-east")
     online_node(name="b", on_demand="2.00", region="cn-south")
     client = APIClient()
-    rows = client.get("/api/v1/offers", {"sort": "price"}).json()
+    rows = client.get("/api/v1/offers", {"sort": "price"}).json()["results"]
     assert [r["node"]["name"] for r in rows] == ["b", "a"]
     first = rows[0]
     # 2.00 per device-hour over 0.9894 PFLOPS dense FP16 = 2.021427... per PFLOP-hour
     assert first["price_per_pflop_hour"] == "2.021427"
     # 700 W x PUE 1.40 x 0.5271 kg/kWh (cn-south) = 0.517 kg CO2e per device-hour
     assert first["kg_co2e_per_device_hour"] == "0.517"
-    assert client.get("/api/v1/offers", {"region": "cn-east"}).json()[0]["node"]["name"] == "a"
-    assert client.get("/api/v1/offers", {"max_price": "2.10"}).json()[0]["node"]["name"] == "b"
+    assert client.get("/api/v1/offers", {"region": "cn-east"}).json()["results"][0]["node"]["name"] == "a"
+    assert client.get("/api/v1/offers", {"max_price": "2.10"}).json()["results"][0]["node"]["name"] == "b"
     bad = client.get("/api/v1/offers", {"sort": "nonsense"})
     assert bad.status_code == 400
     assert "sort" in bad.json()["error"]["fields"]

@@ -1,0 +1,10 @@
+"""Core's /api/v1/ routes (API keys), included by ``config.api_urls``."""
+
+from django.urls import path
+
+from core.api_keys import ApiKeyListCreateView, ApiKeyRevokeView
+
+urlpatterns = [
+    path("api-keys", ApiKeyListCreateView.as_view(), name="api-key-list"),
+    path("api-keys/<int:api_key_id>/revoke", ApiKeyRevokeView.as_view(), name="api-key-revoke"),
+]
