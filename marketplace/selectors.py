@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from core.errors import NotFound
 from marketplace.models import SPAN_DEVICE_STRIDE, AllocationSlot, Job, JobLogChunk, Offer
-from providers.models import DeviceHealth, NodeStatus
+from providers.models import Device, DeviceHealth, NodeStatus
 
 LOG_READ_MAX_BYTES = 1024 * 1024
 
@@ -141,13 +141,22 @@ def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
     per dense FP16 PFLOP-hour) and ``kg_co2e_per_device_hour`` (TDP x PUE x grid intensity).
     """
     price_field = TERM_PRICE_FIELD.get(filters.term, "on_demand_price_micros")
-    healthy = Count("node__devices", filter=Q(node__devices__health=DeviceHealth.OK), distinct=True)
+    # Correlated subqueries, not a join + GROUP BY: the planner can then walk offers in the sort
+    # order and stop at the page, instead of sorting every offer x device row first.
+    healthy = Subquery(
+        Device.objects.filter(node_id=OuterRef("node_id"), health=DeviceHealth.OK)
+        .order_by()
+        .values("node_id")
+        .annotate(n=Count("id"))
+        .values("n"),
+        output_field=IntegerField(),
+    )
     qs = (
         Offer.objects.filter(listed=True, node__status=NodeStatus.ONLINE)
         .select_related("node", "node__provider", "accelerator")
         .annotate(
             term_price_micros=F(price_field),
-            healthy_devices=healthy,
+            healthy_devices=Coalesce(healthy, 0),
             busy_devices=Coalesce(busy_devices_subquery(epoch_now()), 0),
         )
         .annotate(free_devices=F("healthy_devices") - F("busy_devices"))
