@@ -31,7 +31,7 @@ NAV: list[NavEntry] = [
     NavEntry("market", _("Market"), "marketplace:market", _("Find the cheapest device that fits your job.")),
     NavEntry("orders", _("Orders"), "marketplace:orders", _("Your orders, running jobs and their logs.")),
     NavEntry("billing", _("Billing"), "billing:wallet", _("Wallet balance, top-ups, usage and invoices.")),
-    NavEntry("nodes", _("Nodes"), "providers:nodes", _("Join nodes and watch their health."), "provider"),
+    NavEntry("nodes", _("Nodes"), "marketplace:nodes", _("Join nodes and watch their health."), "provider"),
     NavEntry(
         "pricing", _("Pricing"), "marketplace:pricing", _("Set your prices per device-hour."), "provider"
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -15,19 +16,32 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     IntegerField,
+    OrderBy,
     OuterRef,
+    Prefetch,
     Q,
     QuerySet,
     Subquery,
     Value,
     When,
+    Window,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, RowNumber, TruncDate
 from django.utils import timezone
 
+from billing.selectors import UsagePoint, usage_series
 from core.errors import NotFound
-from marketplace.models import SPAN_DEVICE_STRIDE, AllocationSlot, Job, JobLogChunk, Offer
-from providers.models import Device, DeviceHealth, NodeStatus
+from marketplace.models import (
+    SPAN_DEVICE_STRIDE,
+    AllocationSlot,
+    Job,
+    JobLogChunk,
+    JobStatus,
+    Offer,
+    Order,
+    SpotPrice,
+)
+from providers.models import Device, DeviceHealth, Node, NodeStatus
 
 LOG_READ_MAX_BYTES = 1024 * 1024
 
@@ -198,13 +212,13 @@ def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
         qs = qs.filter(reliability__gte=filters.min_reliability)
     if filters.devices:
         qs = qs.filter(free_devices__gte=filters.devices)
-    ordering = {
+    orderings: dict[str, tuple[str | OrderBy, ...]] = {
         "price": ("term_price_micros", "id"),
         "price_per_pflop": (F("price_per_pflop_micros").asc(nulls_last=True), "id"),
         "reliability": ("-reliability", "term_price_micros", "id"),
         "carbon": ("kg_co2e_per_device_hour", "term_price_micros", "id"),
-    }[filters.sort if filters.sort in OFFER_SORTS else "price"]
-    return qs.order_by(*ordering)
+    }
+    return qs.order_by(*orderings[filters.sort if filters.sort in OFFER_SORTS else "price"])
 
 
 def offer_get_listed(*, offer_id: int) -> Offer:
@@ -212,3 +226,162 @@ def offer_get_listed(*, offer_id: int) -> Offer:
     if offer is None:
         raise NotFound("No such offer, or it has no free capacity now.")
     return offer
+
+
+# --- Portal reads ------------------------------------------------------------------------------
+
+
+def offer_get_public(*, offer_id: int) -> Offer:
+    """A listed offer for its detail page, with ``free_devices`` and the other ``offers_list``
+    annotations when it has free capacity now, else ``free_devices = 0`` (still shown: a full node
+    is worth knowing about). ``NotFound`` when it is not listed."""
+    offer = offers_list(filters=OfferFilters()).filter(pk=offer_id).first()
+    if offer is not None:
+        return offer
+    offer = (
+        Offer.objects.filter(pk=offer_id, listed=True)
+        .select_related("node", "node__provider", "accelerator")
+        .annotate(free_devices=Value(0, output_field=IntegerField()))
+        .first()
+    )
+    if offer is None:
+        raise NotFound("No such offer.")
+    return offer
+
+
+def spot_price_history(*, accelerator_id: int, region: str, limit: int = 120) -> list[SpotPrice]:
+    """The pool's last ``limit`` clearing prices, oldest first."""
+    rows = list(
+        SpotPrice.objects.filter(accelerator_id=accelerator_id, region=region).order_by("-round_at")[:limit]
+    )
+    rows.reverse()
+    return rows
+
+
+def spot_prices_recent(
+    *, pools: list[tuple[int, str]], per_pool: int = 5
+) -> dict[tuple[int, str], list[int]]:
+    """The last ``per_pool`` clearing prices (newest first) of each (accelerator, region) pool, in
+    one query however many pools."""
+    if not pools:
+        return {}
+    condition = Q()
+    for accelerator_id, region in set(pools):
+        condition |= Q(accelerator_id=accelerator_id, region=region)
+    ranked = (
+        SpotPrice.objects.filter(condition)
+        .annotate(
+            rank=Window(
+                RowNumber(), partition_by=[F("accelerator_id"), F("region")], order_by=F("round_at").desc()
+            )
+        )
+        .filter(rank__lte=per_pool)
+        .order_by("accelerator_id", "region", "-round_at")
+        .values_list("accelerator_id", "region", "price_micros")
+    )
+    out: dict[tuple[int, str], list[int]] = {pool: [] for pool in pools}
+    for accelerator_id, region, price in ranked:
+        out.setdefault((accelerator_id, region), []).append(price)
+    return out
+
+
+@dataclass(frozen=True)
+class DayOutcomes:
+    day: date
+    succeeded: int
+    failed: int
+
+
+def node_job_outcomes(*, node_id: int, days: int = 30) -> list[DayOutcomes]:
+    """Jobs that ended on the node per UTC day over the last ``days`` days (every day present):
+    exited or stopped count as succeeded, failed or lost as failed (the reliability score's job
+    term; preempted jobs count for neither). One query."""
+    today = timezone.now().astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    rows = (
+        Job.objects.filter(node_id=node_id, ended_at__date__gte=first)
+        .annotate(day=TruncDate("ended_at", tzinfo=UTC))
+        .values("day")
+        .annotate(
+            ok=Count("id", filter=Q(status__in=[JobStatus.EXITED, JobStatus.STOPPED])),
+            bad=Count("id", filter=Q(status__in=[JobStatus.FAILED, JobStatus.LOST])),
+        )
+        .values_list("day", "ok", "bad")
+    )
+    by_day = {day: (ok, bad) for day, ok, bad in rows}
+    return [
+        DayOutcomes(day=d, succeeded=by_day.get(d, (0, 0))[0], failed=by_day.get(d, (0, 0))[1])
+        for d in (first + timedelta(days=i) for i in range(days))
+    ]
+
+
+def orders_for_buyer(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Order]:
+    """The user's orders, newest first, with their jobs (one extra query per page)."""
+    return (
+        Order.objects.filter(buyer_id=user.pk)
+        .select_related("offer__node", "offer__accelerator")
+        .prefetch_related(Prefetch("jobs", queryset=Job.objects.select_related("node").order_by("id")))
+        .order_by("-id")
+    )
+
+
+def order_get_for_buyer_page(*, user: AbstractBaseUser | AnonymousUser, order_id: int) -> Order:
+    """One of the user's orders with its jobs and allocations; ``NotFound`` for anyone else's."""
+    order = (
+        orders_for_buyer(user=user).prefetch_related("allocations__node").filter(pk=order_id).first()
+        if user.pk is not None
+        else None
+    )
+    if order is None:
+        raise NotFound("No such order.")
+    return order
+
+
+def job_get_for_buyer_page(*, user: AbstractBaseUser | AnonymousUser, job_id: int) -> Job:
+    """One of the user's jobs with its node and order; ``NotFound`` for anyone else's."""
+    job = (
+        Job.objects.select_related("node", "order", "node__provider")
+        .filter(pk=job_id, buyer_id=user.pk)
+        .first()
+        if user.pk is not None
+        else None
+    )
+    if job is None:
+        raise NotFound("No such job.")
+    return job
+
+
+def log_tail_offset(*, job: Job, max_bytes: int = 64 * 1024) -> int:
+    """Where to start reading so a page shows at most the last ``max_bytes`` of the log."""
+    return max(job.log_start, job.log_size - max_bytes)
+
+
+def nodes_with_offers_for_member(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Node]:
+    """The nodes of every provider the user belongs to, with their offer, devices and provider
+    (three queries however many nodes)."""
+    return (
+        Node.objects.filter(provider__memberships__user_id=user.pk or 0)
+        .select_related("provider", "offer", "offer__accelerator")
+        .prefetch_related(Prefetch("devices", queryset=Device.objects.select_related("accelerator")))
+        .annotate(device_total=Count("devices", distinct=True))
+        .order_by("provider__name", "name", "id")
+    )
+
+
+def node_get_for_member_page(*, user: AbstractBaseUser | AnonymousUser, node_id: int) -> Node:
+    node = nodes_with_offers_for_member(user=user).filter(pk=node_id).first() if user.pk is not None else None
+    if node is None:
+        raise NotFound("No such node.")
+    return node
+
+
+def node_usage(*, node: Node, hours: int = 24, bucket_seconds: int = 600) -> list[UsagePoint]:
+    """Utilisation, power and device-hours of the node's jobs over the last ``hours`` hours, from
+    the agents' usage samples (two queries)."""
+    since = timezone.now() - timedelta(hours=hours)
+    job_ids = list(
+        Job.objects.filter(node=node, started_at__isnull=False)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gte=since))
+        .values_list("pk", flat=True)[:1000]
+    )
+    return usage_series(job_ids=job_ids, since=since, bucket_seconds=bucket_seconds)

@@ -114,6 +114,32 @@ def join_token_create(
     return IssuedJoinToken(join_token=join_token, token=token, install_command=install_command(token=token))
 
 
+def provider_create(*, owner: User, name: str) -> Provider:
+    """Create a provider organisation with ``owner`` as its owner (the portal's "sell compute").
+
+    The slug is derived from the name and made unique with a numeric suffix.
+    """
+    from django.utils.text import slugify
+
+    from providers.models import ProviderMembership
+
+    name = name.strip()
+    if not name or len(name) > Provider._meta.get_field("name").max_length:  # type: ignore[operator]
+        raise ValidationFailed(
+            "A provider needs a name of at most 128 characters.", fields={"name": "Required."}
+        )
+    base = (slugify(name) or "provider")[:56]
+    with transaction.atomic():
+        slug, n = base, 1
+        while Provider.objects.filter(slug=slug).exists():
+            n += 1
+            slug = f"{base}-{n}"
+        provider = Provider.objects.create(name=name, slug=slug)
+        ProviderMembership.objects.create(provider=provider, user=owner, role=ProviderMembership.Role.OWNER)
+    log.info("provider.created provider_id=%s owner_id=%s", provider.pk, owner.pk)
+    return provider
+
+
 # --- Registration ------------------------------------------------------------------------------
 
 
