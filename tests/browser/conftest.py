@@ -3,7 +3,8 @@
 Fixtures:
 
 * ``portal_server`` (session): a real ``gunicorn config.wsgi`` subprocess on a free port, pointed at
-  the test database and Redis through ``tests.support.worker.child_env()``. Its URL is
+  the test database and Redis through ``tests.support.worker.child_env()``, and at the local fake
+  Stripe ``portal_fake_stripe`` (``tests/support/fake_stripe.py``). Its URL is
   ``portal_server.url``. Tests that use it must use ``transactional_db`` so the server sees
   their committed rows (and the rows the server writes are flushed after each test).
 * ``browser_context``: a fresh persistent Chromium profile per test (``/usr/bin/chromium``, never a
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_stripe import FakeStripe
 from tests.support.worker import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +69,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def portal_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[PortalServer]:
-    """gunicorn serving the portal from the test database, for the whole session."""
+def portal_fake_stripe() -> Iterator[FakeStripe]:
+    """The local fake Stripe the portal's gunicorn talks to (``STRIPE_API_BASE``), for the session."""
+    server = FakeStripe().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def portal_server(
+    django_db_setup: None, django_db_blocker: Any, portal_fake_stripe: FakeStripe
+) -> Iterator[PortalServer]:
+    """gunicorn serving the portal from the test database, for the whole session (Stripe calls go
+    to ``portal_fake_stripe``)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = ROOT / "var" / "test" / "portal-gunicorn.log"
@@ -80,7 +93,7 @@ def portal_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[Por
             "-w", "1", "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "5",
         ],
         cwd=ROOT,
-        env=child_env(SUANLI_SITE_URL=url, DATABASE_CONN_MAX_AGE="0"),
+        env=child_env(SUANLI_SITE_URL=url, DATABASE_CONN_MAX_AGE="0", STRIPE_API_BASE=portal_fake_stripe.url),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
