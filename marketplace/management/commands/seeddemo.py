@@ -83,6 +83,9 @@ class Command(BaseCommand):
                 defaults={"role": ProviderMembership.Role.OWNER},
             )
         _credit_demo_buyer(users.objects.get(username="buyer@demo.suanli"))
+        _demo_billing_history(
+            users.objects.get(username="buyer@demo.suanli"), Provider.objects.get(slug="huaxia")
+        )
         self.stdout.write("demo data ready")
 
 
@@ -98,6 +101,45 @@ def _credit_demo_buyer(buyer: Any) -> None:
     posting.add(clearing.pk, -DEMO_BUYER_CREDIT_MICROS)
     posting.add(wallet.pk, DEMO_BUYER_CREDIT_MICROS)
     posting_write(posting)  # idempotent on its key: a second run posts nothing
+
+
+DEMO_HISTORY_KEY = "demo:lease:history"
+
+
+def _demo_billing_history(buyer: Any, provider: Provider) -> None:
+    """Billing history for the portal's money pages, through the billing services: a finished
+    8-hour job of 2 devices at 2.50 (40.00; 36.00 to the provider after the 10% fee), settled;
+    this month's buyer invoice and provider statement; and a payout of the provider's earnings to
+    a demo Stripe Connect account (pending until Stripe is reachable). Runs once: the lease's
+    idempotency key marks it done."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import Lease, PayoutAccount, StatementKind
+    from billing.services import lease_close, lease_open, payouts_create, settle, statement_build
+    from billing.services.ledger import default_currency
+
+    if Lease.objects.filter(idempotency_key=DEMO_HISTORY_KEY).exists():
+        return
+    ended = timezone.now() - timedelta(hours=2)
+    started = ended - timedelta(hours=8)
+    lease = lease_open(
+        buyer=buyer, provider_id=provider.pk, job_id=None, device_count=2, rate_micros=2_500_000,
+        started_at=started, idempotency_key=DEMO_HISTORY_KEY,
+    )  # fmt: skip
+    lease_close(lease=lease, at=ended)
+    settle(until=timezone.now(), lease_ids=[lease.pk])
+    PayoutAccount.objects.get_or_create(
+        provider_id=provider.pk, defaults={"stripe_account_id": f"acct_demo_{provider.slug}"}
+    )
+    payouts_create(threshold_micros=1)
+    currency = default_currency()
+    today = timezone.now().date()
+    statement_build(kind=StatementKind.BUYER_INVOICE, period_start=today, currency=currency, user_id=buyer.pk)
+    statement_build(
+        kind=StatementKind.PROVIDER_EARNINGS, period_start=today, currency=currency, provider_id=provider.pk
+    )
 
 
 def start_demo_agents(
