@@ -229,6 +229,8 @@ class Lease(models.Model):
     fee_bps = models.PositiveIntegerField()
 
     rate_micros = models.BigIntegerField()  # current rate per device-hour
+    # The 60-second minimum is priced at the opening rate, so later rate changes never move it.
+    opening_rate_micros = models.BigIntegerField(default=0)
     started_at = models.DateTimeField()
     segment_started_at = models.DateTimeField(null=True, blank=True)  # null while paused or closed
     ends_at = models.DateTimeField(null=True, blank=True)  # scheduled end (reserved) or actual end

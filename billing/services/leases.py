@@ -49,6 +49,8 @@ class PricedTime(Protocol):
     @property
     def rate_micros(self) -> int: ...
     @property
+    def opening_rate_micros(self) -> int: ...
+    @property
     def device_count(self) -> int: ...
     @property
     def status(self) -> str: ...
@@ -71,9 +73,11 @@ def _cost_usec(lease: PricedTime, until: datetime) -> tuple[int, int]:
         extra = _usec(lease.segment_started_at, end)
         accrued += per_usec * extra
         usec += extra
-    if until >= lease.started_at and usec < _MINIMUM_USEC and lease.status != LeaseStatus.CANCELLED:
-        accrued += per_usec * (_MINIMUM_USEC - usec)
-        usec = _MINIMUM_USEC
+    if until >= lease.started_at and lease.status != LeaseStatus.CANCELLED:
+        # The minimum is a floor on the cost (60 s at the opening rate), not extra seconds at the
+        # current rate: so the cumulative charge never falls when a later segment is cheaper.
+        accrued = max(accrued, lease.opening_rate_micros * lease.device_count * _MINIMUM_USEC)
+        usec = max(usec, _MINIMUM_USEC)
     return accrued, usec
 
 
@@ -140,7 +144,8 @@ def lease_open(
     """Start billing ``device_count`` devices at ``rate_micros`` per device-hour from ``started_at``.
 
     Contract: idempotent on ``idempotency_key`` (a second call returns the first lease unchanged).
-    Posts nothing itself; the settlement run bills it from ``started_at`` (60-second minimum).
+    Posts nothing itself; the settlement run bills it from ``started_at``. Minimum charge: 60 s
+    at the opening rate (a floor on the cumulative charge, unaffected by later rate changes).
     ``ends_at`` fixes the end up front (reserved bookings); ``prepaid_micros`` is escrow already
     moved for it (``reservation_book`` does both). The platform fee rate is fixed at opening.
     """
@@ -164,6 +169,7 @@ def lease_open(
             currency=currency or default_currency(),
             device_count=device_count,
             rate_micros=rate_micros,
+            opening_rate_micros=rate_micros,
             started_at=started_at,
             segment_started_at=started_at,
             ends_at=ends_at,

@@ -50,6 +50,7 @@ class _LeaseRow(NamedTuple):
     status: str
     fee_bps: int
     rate_micros: int
+    opening_rate_micros: int
     started_at: datetime
     segment_started_at: datetime | None
     ends_at: datetime | None
