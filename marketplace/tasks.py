@@ -24,6 +24,7 @@ def matching_run() -> dict[str, list[int]]:
         jobs_promote_deferred,
         jobs_requeue_unacknowledged,
         jobs_stop_at_allocation_end,
+        jobs_stop_gang_remainders,
     )
 
     report = run()
@@ -34,6 +35,7 @@ def matching_run() -> dict[str, list[int]]:
         "promoted": jobs_promote_deferred(),
         "requeued": jobs_requeue_unacknowledged(),
         "ending": jobs_stop_at_allocation_end(),
+        "gang_remainders": jobs_stop_gang_remainders(),
     }
 
 

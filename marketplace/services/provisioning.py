@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from psycopg2.extras import NumericRange
 
@@ -40,6 +40,7 @@ from marketplace.services.work import node_nudge
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = timedelta(seconds=60)
+GANG_GRACE = timedelta(seconds=30)
 FUNDS_NOTICE = timedelta(seconds=30)
 END_NOTICE = timedelta(seconds=30)
 
@@ -96,9 +97,9 @@ def _on_ended(job: Job, order: Order) -> None:
         allocations_release(order=order, at=ended_at, allocation_ids=[job.allocation_id])
     live = Job.objects.filter(order=order).exclude(pk=job.pk).exclude(status__in=list(JOB_ENDED))
     if live.exists():
-        # A gang ends together: one member ending stops the others.
-        for other in live:
-            job_stop_request(job=other, reason=StopReason.BUYER)
+        # A gang ends together, but its members usually finish within moments of each other:
+        # the others get GANG_GRACE to end on their own before ``jobs_stop_gang_remainders``
+        # stops them.
         return
     hold = _open_hold(order)
     if hold is not None:
@@ -261,6 +262,25 @@ def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
     for job in ending:
         assert job.allocation is not None
         job_stop_request(job=job, reason=StopReason.OPERATOR, deadline=job.allocation.ends_at)
+        stopped.append(job.pk)
+    return stopped
+
+
+def jobs_stop_gang_remainders(*, now: datetime | None = None) -> list[int]:
+    """Members of a gang still live ``GANG_GRACE`` after another member of it ended are stopped."""
+    now = now or timezone.now()
+    ended_sibling = Job.objects.filter(
+        order_id=OuterRef("order_id"), status__in=list(JOB_ENDED), ended_at__lte=now - GANG_GRACE
+    ).exclude(pk=OuterRef("pk"))
+    remainders = Job.objects.filter(
+        Exists(ended_sibling),
+        status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
+        stop_requested_at__isnull=True,
+        order__node_count__gt=1,
+    )
+    stopped = []
+    for job in remainders:
+        job_stop_request(job=job, reason=StopReason.OPERATOR)
         stopped.append(job.pk)
     return stopped
 

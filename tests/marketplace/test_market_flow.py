@@ -348,3 +348,33 @@ def test_order_api_round_trip_with_idempotency_and_error_shape():
     detail = client.get(f"/api/v1/orders/{created.json()['id']}").json()
     assert detail["status"] == "open"
     assert detail["unmatched_reasons"] == []  # it can be placed at the next round
+
+
+def test_gang_members_get_a_grace_to_finish_before_the_rest_are_stopped():
+    from marketplace.services.provisioning import GANG_GRACE, jobs_stop_gang_remainders
+
+    provider = online_node(name="g1", devices=8, cluster="A").provider
+    online_node(provider, name="g2", devices=8, cluster="A")
+    buyer = funded_buyer(1000)
+    gang, _ = order_place(buyer=buyer, request=on_demand(8, node_count=2), idempotency_key="g")
+    matching_run()
+    first, second = Job.objects.filter(order=gang).order_by("pk")
+    for job in (first, second):
+        agent_reports(job, "accepted")
+        agent_reports(job, "running")
+
+    agent_reports(first, "exited", exit_code=0)
+    # The other member may still finish on its own: nothing is stopped yet.
+    assert jobs_stop_gang_remainders() == []
+    second.refresh_from_db()
+    assert second.stop_requested_at is None
+    gang.refresh_from_db()
+    assert gang.status == OrderStatus.RUNNING
+
+    with time_machine.travel(timezone.now() + GANG_GRACE + timedelta(seconds=1)):
+        assert jobs_stop_gang_remainders() == [second.pk]
+        second.refresh_from_db()
+        assert second.stop_reason == "operator"
+        agent_reports(second, "stopped", exit_code=143)
+    gang.refresh_from_db()
+    assert gang.status == OrderStatus.ENDED
