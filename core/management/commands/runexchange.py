@@ -65,40 +65,42 @@ class Command(BaseCommand):
         env.setdefault("SUANLI_SITE_URL", site_url)
         python = sys.executable
 
-        self._spawn("web", [python, "-m", "gunicorn", "config.wsgi", "-b", bind, "-w", "2",
-                            "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "10"], env)  # fmt: skip
-        self._spawn("worker", [python, "-m", "celery", "-A", "config.celery_app", "worker",
-                               "-Q", "matching,provisioning,billing,default", "-c", "2",
-                               "-n", "worker@%h", "-l", "info"], env)  # fmt: skip
-        self._spawn("beat", [python, "-m", "celery", "-A", "config.celery_app", "beat", "-l", "info",
-                             "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule")], env)  # fmt: skip
-
-        signal.signal(signal.SIGINT, self._request_stop)
-        signal.signal(signal.SIGTERM, self._request_stop)
-
-        self._wait_healthy(site_url)
-        if not options["no_agents"] and not self.stopping:
-            from marketplace.management.commands.seeddemo import demo_market, start_demo_agents
-
-            agents = start_demo_agents(server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR))
-            self.children += agents
-            self.stdout.write(
-                f"started {len(agents)} simulated provider agents; waiting for them to come online"
-            )
-            self.stdout.write(demo_market())
-        self.stdout.write(self.style.SUCCESS(f"\nSuanli Exchange is running at {site_url}/"))
-        self.stdout.write("  demo buyer:    buyer@demo.suanli / demo-buyer-pass")
-        self.stdout.write("  demo provider: provider@demo.suanli / demo-provider-pass")
-        self.stdout.write("  operator:      admin / demo-admin-pass  (Django admin at /admin/)")
-        self.stdout.write(f"  logs:          {log_dir}/\nPress Ctrl-C to stop.\n")
-
-        next_demo_check = time.monotonic() + 30
+        # Everything after the first child starts runs under try/finally: a failure anywhere in
+        # start-up still stops every process this supervisor started.
         try:
+            self._spawn("web", [python, "-m", "gunicorn", "config.wsgi", "-b", bind, "-w", "2",
+                                "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "10"], env)  # fmt: skip
+            self._spawn("worker", [python, "-m", "celery", "-A", "config.celery_app", "worker",
+                                   "-Q", "matching,provisioning,billing,default", "-c", "2",
+                                   "-n", "worker@%h", "-l", "info"], env)  # fmt: skip
+            self._spawn("beat", [python, "-m", "celery", "-A", "config.celery_app", "beat", "-l", "info",
+                                 "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule")], env)  # fmt: skip
+
+            signal.signal(signal.SIGINT, self._request_stop)
+            signal.signal(signal.SIGTERM, self._request_stop)
+
+            self._wait_healthy(site_url)
+            if not options["no_agents"] and not self.stopping:
+                from marketplace.management.commands.seeddemo import demo_market, start_demo_agents
+
+                agents = start_demo_agents(server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR))
+                self.children += agents
+                self.stdout.write(
+                    f"started {len(agents)} simulated provider agents; waiting for them to come online"
+                )
+                self._demo(demo_market)
+            self.stdout.write(self.style.SUCCESS(f"\nSuanli Exchange is running at {site_url}/"))
+            self.stdout.write("  demo buyer:    buyer@demo.suanli / demo-buyer-pass")
+            self.stdout.write("  demo provider: provider@demo.suanli / demo-provider-pass")
+            self.stdout.write("  operator:      admin / demo-admin-pass  (Django admin at /admin/)")
+            self.stdout.write(f"  logs:          {log_dir}/\nPress Ctrl-C to stop.\n")
+
+            next_demo_check = time.monotonic() + 30
             while not self.stopping:
                 if not options["no_agents"] and time.monotonic() > next_demo_check:
                     from marketplace.management.commands.seeddemo import demo_order
 
-                    demo_order()  # the demo buyer always has a job to watch
+                    self._demo(demo_order)  # the demo buyer always has a job to watch
                     next_demo_check = time.monotonic() + 30
                 for name, process in self.children:
                     code = process.poll()
@@ -122,6 +124,15 @@ class Command(BaseCommand):
                     connections.close_all()
                     embedded.postgres_stop(Path(settings.VAR_DIR))
             self.stdout.write("stopped cleanly")
+
+    def _demo(self, step: Any) -> None:
+        """Demo set-up is a convenience: a failure there is reported, never fatal."""
+        try:
+            result = step()
+            if result:
+                self.stdout.write(str(result))
+        except Exception as exc:  # noqa: BLE001
+            self.stderr.write(f"demo set-up step {step.__name__} failed: {exc}")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = (Path(settings.VAR_DIR) / "log" / f"{name}.log").open("ab")
