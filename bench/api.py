@@ -181,32 +181,16 @@ def percentile(values: list[float], q: float) -> float:
 def start_server(
     database_url: str, redis_url: str, workers: int, threads: int
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    import socket
+    from bench.live import start_gunicorn
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_DEBUG="0", SUANLI_LOG_LEVEL="WARNING",
-        SUANLI_API_ANON_RATE="100000000/min", SUANLI_API_RATE="100000000/min",
+    # Throttling off: the benchmark measures the search, not the rate limiter.
+    return start_gunicorn(
+        env_overrides={
+            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+            "SUANLI_API_ANON_RATE": "100000000/min", "SUANLI_API_RATE": "100000000/min",
+        },
+        workers=workers, threads=threads,
     )  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--threads", str(threads), "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
-    )  # fmt: skip
-    server = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{server}/api/agent/v1/ping", timeout=2) as reply:
-                if reply.status == 200:
-                    return server, process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("gunicorn did not come up within 60 s")
 
 
 def main() -> None:

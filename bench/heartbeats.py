@@ -22,7 +22,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -110,12 +109,6 @@ def measure(
     return {"per_s": done / duration, "errors": errors}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def database_url() -> str:
     from django.conf import settings
 
@@ -130,30 +123,12 @@ def database_url() -> str:
 def start_server(workers: int, threads: int) -> tuple[str, subprocess.Popen[bytes]]:
     from django.conf import settings
 
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url(),
-        REDIS_URL=str(settings.REDIS_URL),
-        DJANGO_DEBUG="0",
-        SUANLI_LOG_LEVEL="WARNING",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--threads", str(threads), "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
+    from bench.live import start_gunicorn
+
+    return start_gunicorn(
+        env_overrides={"DATABASE_URL": database_url(), "REDIS_URL": str(settings.REDIS_URL)},
+        workers=workers, threads=threads,
     )  # fmt: skip
-    server = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{server}/api/agent/v1/ping", timeout=2) as reply:
-                if reply.status == 200:
-                    return server, process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("gunicorn did not come up within 60 s")
 
 
 def main() -> None:
