@@ -20,6 +20,7 @@ def mark_lost_jobs() -> list[int]:
 def matching_run() -> dict[str, list[int]]:
     """Place open reserved and on-demand orders; start deferred jobs; retry unacknowledged ones."""
     from marketplace.services.matching import matching_run as run
+    from marketplace.services.orders import orders_expire_reserved
     from marketplace.services.provisioning import (
         jobs_promote_deferred,
         jobs_requeue_unacknowledged,
@@ -27,6 +28,8 @@ def matching_run() -> dict[str, list[int]]:
         jobs_stop_gang_remainders,
     )
 
+    # Expire first: a window with less than the minimum left is never booked.
+    expired = orders_expire_reserved()
     report = run()
     return {
         "placed": report.placed,
@@ -36,6 +39,7 @@ def matching_run() -> dict[str, list[int]]:
         "requeued": jobs_requeue_unacknowledged(),
         "ending": jobs_stop_at_allocation_end(),
         "gang_remainders": jobs_stop_gang_remainders(),
+        "expired": expired,
     }
 
 

@@ -300,3 +300,34 @@ def _release_money(order: Order) -> None:
         hold = Hold.objects.filter(pk=order.hold_id).first()
         if hold is not None and hold.status == HoldStatus.OPEN:
             hold_release(hold=hold)
+
+
+def orders_expire_reserved(*, now: datetime | None = None) -> list[int]:
+    """Open reserved orders whose window can no longer be booked fail, and their hold is released.
+
+    Contract: an order expires once less than the minimum reservation remains of its window (the
+    matcher books what is left of a window that has started, never less than that). Each order
+    moves with a conditional update under its row lock, so a concurrent match wins and a second
+    run changes nothing. Returns the ids of the expired orders.
+    """
+    from django.conf import settings
+
+    now = now or timezone.now()
+    cutoff = now + timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S)
+    expired: list[int] = []
+    for order_id in Order.objects.filter(
+        status=OrderStatus.OPEN, term=Term.RESERVED, window_end__lt=cutoff
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            order = Order.objects.select_for_update().filter(pk=order_id, status=OrderStatus.OPEN).first()
+            if order is None:
+                continue
+            order_transition(
+                order=order, to=OrderStatus.FAILED, ended_at=now,
+                status_reason="no capacity was found before the reserved window passed",
+            )  # fmt: skip
+            _release_money(order)
+        expired.append(order_id)
+    if expired:
+        log.info("orders.reserved_expired order_ids=%s", expired)
+    return expired

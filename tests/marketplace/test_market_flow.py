@@ -378,3 +378,29 @@ def test_gang_members_get_a_grace_to_finish_before_the_rest_are_stopped():
         agent_reports(second, "stopped", exit_code=143)
     gang.refresh_from_db()
     assert gang.status == OrderStatus.ENDED
+
+
+def test_reserved_order_that_finds_no_capacity_expires_and_its_hold_returns():
+    from marketplace.services.orders import orders_expire_reserved
+
+    buyer = funded_buyer(100)
+    start = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    request = OrderRequest(
+        term="reserved", devices_per_node=2, price_limit_micros=3 * MICROS, job=SPEC,
+        window_start=start, window_end=start + timedelta(hours=1),
+    )  # fmt: skip
+    order, _ = order_place(buyer=buyer, request=request, idempotency_key="r")
+    matching_run()  # no node exists: it stays open, its hold placed
+    assert orders_expire_reserved() == []
+    assert Hold.objects.get(pk=order.hold_id).status == HoldStatus.OPEN
+
+    # 51 minutes into the window less than the 10-minute minimum remains: it expires, once.
+    with time_machine.travel(start + timedelta(minutes=51)):
+        assert orders_expire_reserved() == [order.pk]
+        assert orders_expire_reserved() == []
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    assert "window passed" in order.status_reason
+    assert Hold.objects.get(pk=order.hold_id).status == HoldStatus.RELEASED
+    wallet = account_get(kind=AccountKind.BUYER_WALLET, user_id=buyer.pk)
+    assert wallet.balance_micros == 100 * MICROS
