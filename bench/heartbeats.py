@@ -112,12 +112,9 @@ def measure(
 def database_url() -> str:
     from django.conf import settings
 
-    db = settings.DATABASES["default"]
-    auth = f"{db['USER']}{':' + db['PASSWORD'] if db['PASSWORD'] else ''}@" if db["USER"] else ""
-    host = str(db["HOST"])
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{db['NAME']}?host={host}"
-    return f"postgresql://{auth}{host}{':' + str(db['PORT']) if db['PORT'] else ''}/{db['NAME']}"
+    from config.env import database_url_for
+
+    return database_url_for(settings.DATABASES["default"])
 
 
 def start_server(workers: int, threads: int) -> tuple[str, subprocess.Popen[bytes]]:

@@ -102,3 +102,22 @@ def celery_broker_url(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
         return "redis+socket://" + redis_url.removeprefix("unix://")
     return redis_url
+
+
+def database_url_for(db: dict[str, object]) -> str:
+    """The libpq URL of a DATABASES entry: the inverse of ``parse_database_url``.
+
+    Child processes (web, worker, beat, agents' server, test workers) are handed the database this
+    way; user, password and socket directory are percent-quoted so any character survives.
+    """
+    from urllib.parse import quote
+
+    user = quote(str(db.get("USER") or ""), safe="")
+    password = quote(str(db.get("PASSWORD") or ""), safe="")
+    auth = f"{user}{':' + password if password else ''}@" if user else ""
+    name = quote(str(db["NAME"]), safe="")
+    host = str(db.get("HOST") or "")
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{name}?host={quote(host, safe='')}"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgresql://{auth}{host}{port}/{name}"

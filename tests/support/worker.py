@@ -8,25 +8,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
+
+from config.env import database_url_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_database_url() -> str:
     """A libpq URL for the database pytest-django created (``test_suanli``)."""
-    db = settings.DATABASES["default"]
-    name = db["NAME"]  # pytest-django has already switched NAME to the test database
-    user = quote(str(db.get("USER") or ""))
-    password = quote(str(db.get("PASSWORD") or ""))
-    host = str(db.get("HOST") or "")
-    port = str(db.get("PORT") or "")
-    auth = f"{user}:{password}@" if user else ""
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{name}?host={quote(host)}"
-    return f"postgresql://{auth}{host}{':' + port if port else ''}/{name}"
+    # pytest-django has already switched NAME to the test database.
+    return database_url_for(settings.DATABASES["default"])
 
 
 def child_env(**extra: str) -> dict[str, str]:

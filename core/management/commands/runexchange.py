@@ -21,18 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from config import embedded
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    host = str(db["HOST"])
-    user = db["USER"] or ""
-    password = db["PASSWORD"] or ""
-    auth = f"{user}:{password}@" if user else ""
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{db['NAME']}?host={host}"
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{auth}{host}{port}/{db['NAME']}"
+from config.env import database_url_for
 
 
 class Command(BaseCommand):
@@ -57,7 +46,11 @@ class Command(BaseCommand):
         call_command("seeddemo")
 
         env = dict(os.environ)
-        env.update(DATABASE_URL=_database_url(), REDIS_URL=str(settings.REDIS_URL), PYTHONUNBUFFERED="1")
+        env.update(
+            DATABASE_URL=database_url_for(settings.DATABASES["default"]),
+            REDIS_URL=str(settings.REDIS_URL),
+            PYTHONUNBUFFERED="1",
+        )
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         bind = f"{options['host']}:{options['port']}"
