@@ -18,15 +18,19 @@ accelerator models, four regions, 1-8 devices, partly busy, some running spot jo
   Measured on a ``lp_orders x lp_nodes`` sub-market made by the same generator (the full market's
   LP has millions of columns).
 * ``commits_per_s``: allocations committed per second to PostgreSQL through the rounds' real commit
-  path (``marketplace.services.matching.placement_commit``: lock the order and nodes, write the
-  allocation, one slot per device under the exclusion constraint, the job, the order transition;
-  one transaction per order) on a scratch database ``suanli_bench_matching`` created (and dropped)
-  on the ``DATABASE_URL`` server: ``commit_nodes`` 8-device nodes, ``commit_orders`` on-demand
-  orders of 1-8 devices, placed in memory by ``match_round`` and then committed one by one.
-  ``--no-commits`` skips it (null).
+  path (``marketplace.services.matching.placements_commit``: per chunk of ``COMMIT_CHUNK`` orders,
+  lock the orders and nodes, write the allocations, one slot per device under the exclusion
+  constraint, the jobs, the orders' transition, the nodes' nudge; every order all or nothing) on a
+  scratch database ``suanli_bench_matching`` created (and dropped) on the ``DATABASE_URL`` server:
+  ``commit_nodes`` 8-device nodes, ``commit_orders`` on-demand orders of 1-8 devices, placed in
+  memory by ``match_round``. The baseline in the same run, ``per_order_commits_per_s``, commits the
+  same placements one transaction per order (``placement_commit``, the path of placements that
+  preempt or book escrow) on the same database after the first run is undone;
+  ``commit_ratio`` = batched / per order. ``--no-commits`` skips both (null).
 
 Prints one JSON line: {"orders", "nodes", "decisions_per_s", "commits_per_s", "quality",
-"lp_orders", "lp_nodes"} (and "commit_orders", "commit_nodes", "committed").
+"lp_orders", "lp_nodes"} (and "per_order_commits_per_s", "commit_ratio", "commit_orders",
+"commit_nodes", "committed").
 """
 
 from __future__ import annotations
@@ -282,7 +286,7 @@ def time_round(
     return statistics.median(times), result
 
 
-def commits_per_s(order_count: int, node_count: int, seed: int) -> tuple[float, int]:
+def commits_per_s(order_count: int, node_count: int, seed: int) -> tuple[float, float, int]:
     """Allocations committed per second through the real commit path, on a scratch database."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("SUANLI_ENV", "test")
@@ -300,7 +304,7 @@ def commits_per_s(order_count: int, node_count: int, seed: int) -> tuple[float, 
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
-def _commit_run(order_count: int, node_count: int, seed: int) -> tuple[float, int]:
+def _commit_run(order_count: int, node_count: int, seed: int) -> tuple[float, float, int]:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -349,14 +353,34 @@ def _commit_run(order_count: int, node_count: int, seed: int) -> tuple[float, in
     market = Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
     rows = {order.pk: order for order in OrderRow.objects.filter(pk__in=[o.pk for o in orders])}
     result = match_round(market=market, orders=[db.domain_order(order) for order in rows.values()])
-    committed = 0
+    items = [(rows[placement.order_id], placement) for placement in result.placements]
+    expected = sum(len(p.slots) for p in result.placements)
+
+    # Baseline: the same placements, one transaction per order.
     started = time.perf_counter()
-    for placement in result.placements:
-        if db.placement_commit(order=rows[placement.order_id], placement=placement, loaded=loaded, now=now):
-            committed += len(placement.slots)
-    elapsed = time.perf_counter() - started
-    assert committed == sum(len(p.slots) for p in result.placements), "every in-memory placement commits"
-    return committed / elapsed, committed
+    for order, placement in items:
+        assert db.placement_commit(order=order, placement=placement, loaded=loaded, now=now)
+    per_order = expected / (time.perf_counter() - started)
+    _undo(rows)
+
+    # The rounds' path: chunks of COMMIT_CHUNK orders per transaction.
+    started = time.perf_counter()
+    placed, conflicts = db.placements_commit(items=items, loaded=loaded, now=now)
+    batched = expected / (time.perf_counter() - started)
+    assert not conflicts and len(placed) == len(items), "every in-memory placement commits"
+    return batched, per_order, expected
+
+
+def _undo(rows: dict[int, object]) -> None:
+    """Remove what a commit run wrote and reopen the orders, for the next run."""
+    from marketplace.models import Allocation, AllocationSlot, Job, Order
+
+    Job.objects.all().delete()
+    AllocationSlot.objects.all().delete()
+    Allocation.objects.all().delete()
+    Order.objects.filter(pk__in=list(rows)).update(status="open", matched_at=None)
+    for order in rows.values():
+        order.status = "open"  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -379,14 +403,18 @@ def main() -> None:
     lp_result = match_round(market=lp_market, orders=lp_orders, running_spot=lp_running)
     quality = matched_value(lp_result, lp_orders, lp_running) / lp_bound(lp_market, lp_orders, lp_running)
 
-    commits, committed = (
-        (None, 0) if args.no_commits else commits_per_s(args.commit_orders, args.commit_nodes, args.seed)
+    commits, per_order, committed = (
+        (None, None, 0)
+        if args.no_commits
+        else commits_per_s(args.commit_orders, args.commit_nodes, args.seed)
     )
     line = {
         "orders": len(orders),
         "nodes": len(market.nodes),
         "decisions_per_s": round(len(orders) / seconds),
         "commits_per_s": None if commits is None else round(commits, 1),
+        "per_order_commits_per_s": None if per_order is None else round(per_order, 1),
+        "commit_ratio": None if commits is None or not per_order else round(commits / per_order, 2),
         "quality": round(quality, 4),
         "lp_orders": len(lp_orders),
         "lp_nodes": len(lp_market.nodes),

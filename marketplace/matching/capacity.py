@@ -64,6 +64,7 @@ class Need:
     constraints: tuple[SoftwareConstraint, ...]
     pools: tuple[PoolIndex, ...]
     runtime: str | None = None
+    node_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ class CapacityIndex:
             constraints=parse_software_spec(req.software),
             pools=self.pools_for(order),
             runtime=req.runtime,
+            node_ids=req.node_ids,
         )
 
     def pools_for(self, order: Order) -> tuple[PoolIndex, ...]:
@@ -200,14 +202,20 @@ class CapacityIndex:
         """The static requirements: memory, reliability, software (price and free count aside)."""
         if stock.memory_mib < need.min_memory_mib or stock.node.reliability < need.min_reliability:
             return False
+        if need.node_ids and stock.node.id not in need.node_ids:
+            return False
         if not runtime_offered(stock.node, need.runtime):
             return False
+        return self.software_ok(need, stock.node)
+
+    def software_ok(self, need: Need, node: Node) -> bool:
+        """Whether ``node``'s stacks meet the order's software spec (cached per spec and node)."""
         if not need.constraints:
             return True
-        cache_key = (need.spec, stock.node.id)
+        cache_key = (need.spec, node.id)
         ok = self._software_ok.get(cache_key)
         if ok is None:
-            ok = software_satisfied(need.constraints, stock.node.software)
+            ok = software_satisfied(need.constraints, node.software)
             self._software_ok[cache_key] = ok
         return ok
 

@@ -45,7 +45,7 @@ from marketplace.matching.market import (
     RunningSpot,
     Term,
 )
-from marketplace.matching.requirements import SoftwareSpecError, software_satisfied
+from marketplace.matching.requirements import SoftwareSpecError
 from marketplace.matching.spot import SPOT, PoolClearing
 
 _TIER = {Term.RESERVED: 0, Term.ON_DEMAND: 1, Term.SPOT: 2}
@@ -231,7 +231,10 @@ class Diagnoser:
         self._suits: dict[tuple[object, ...], tuple[dict[ReasonCode, int], list[Stock]]] = {}
 
     def reasons(self, need: Need) -> tuple[Reason, ...]:
-        if not need.pools:
+        if not need.pools or (
+            need.node_ids
+            and not any(stock.node.id in need.node_ids for pool in need.pools for stock in pool.stocks)
+        ):
             return (Reason(ReasonCode.NO_NODE_OF_MODEL_IN_REGION),)
         sieve = self._sieve(need)
         failures = dict(sieve.failures)
@@ -265,6 +268,7 @@ class Diagnoser:
             need.min_reliability,
             need.spec,
             need.runtime,
+            need.node_ids,
             need.devices_per_node,
             need.term,
         )
@@ -282,7 +286,7 @@ class Diagnoser:
 
     def _suited(self, pools: tuple[PoolKey, ...], need: Need) -> tuple[dict[ReasonCode, int], list[Stock]]:
         """Stocks meeting memory, software and reliability; failures counted at the first step missed."""
-        key = (pools, need.min_memory_mib, need.min_reliability, need.spec, need.runtime)
+        key = (pools, need.min_memory_mib, need.min_reliability, need.spec, need.runtime, need.node_ids)
         cached = self._suits.get(key)
         if cached is not None:
             return cached
@@ -290,10 +294,12 @@ class Diagnoser:
         suited: list[Stock] = []
         for pool in need.pools:
             for stock in pool.stocks:
+                if need.node_ids and stock.node.id not in need.node_ids:
+                    continue  # an order for one offer: other nodes are not candidates at all
                 if stock.memory_mib < need.min_memory_mib:
                     code = ReasonCode.MEMORY_BELOW_MIN
-                elif not runtime_offered(stock.node, need.runtime) or (
-                    need.constraints and not software_satisfied(need.constraints, stock.node.software)
+                elif not runtime_offered(stock.node, need.runtime) or not self.index.software_ok(
+                    need, stock.node
                 ):
                     code = ReasonCode.SOFTWARE_UNSATISFIED
                 elif stock.node.reliability < need.min_reliability:

@@ -87,6 +87,8 @@ class Requirements:
     min_reliability: float = 0.0
     # The job's runtime; only nodes offering it qualify (None: any node).
     runtime: str | None = None
+    # An order for a specific offer may only land on that offer's node (empty: any node).
+    node_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.devices_per_node < 1 or self.node_count < 1:

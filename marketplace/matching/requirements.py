@@ -46,6 +46,7 @@ class SoftwareConstraint:
         return _OPERATORS[self.op](version_key(installed), self.version)
 
 
+@lru_cache(maxsize=4096)
 def version_key(text: str) -> tuple[int, ...]:
     """``"12.4.1"`` -> ``(12, 4, 1)``; ``"8.0.RC1"`` -> ``(8,)``; trailing zeros dropped so 8.0 == 8."""
     parts: list[int] = []

@@ -1,11 +1,17 @@
-"""The matching round on PostgreSQL: load the market, decide in memory, commit each order.
+"""The matching round on PostgreSQL: load the market, decide in memory, commit the decisions.
 
 ``matching_run`` (every 5 s and after every new order) places reserved and on-demand orders and
 preempts spot jobs that stand in their way; ``spot_round`` (every 30 s) clears every spot pool at
 one price, places winning bids, re-rates running spot leases and preempts the outbid. Both hold a
-PostgreSQL advisory lock, so one round runs at a time across all workers, and commit one order per
-transaction with the slot exclusion constraint as the last guard: a conflict rolls back that order
-alone, which the next round retries.
+PostgreSQL advisory lock, so one round runs at a time across all workers.
+
+Reserved orders are decided one at a time (each against the devices free over its own window);
+all open on-demand orders are decided together by one in-memory round, as are all spot bids.
+Commits keep every order all or nothing with the slot exclusion constraint as the last guard:
+placements that preempt nobody are written ``COMMIT_CHUNK`` orders per transaction, and a chunk
+that meets any conflict is rolled back and retried one transaction per order, so a conflict costs
+that order alone (the next round retries it); placements that preempt spot jobs, and reserved
+ones (which book escrow), always commit one order per transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from marketplace.matching import market as mk
 from marketplace.matching.engine import explain, match_round
 from marketplace.models import (
     JOB_LIVE,
+    ORDER_TRANSITIONS,
     SPAN_DEVICE_STRIDE,
     Allocation,
     AllocationSlot,
@@ -53,6 +60,8 @@ SPOT_LOCK = 0x5A4E_0002
 RESERVATION_GUARD = timedelta(minutes=2)
 # Reserved orders are booked against their whole window as soon as they are placed.
 RESERVED_HORIZON = timedelta(days=366)
+# Placements that preempt nobody commit this many orders per transaction (see _commit_many).
+COMMIT_CHUNK = 100
 
 
 @contextmanager
@@ -179,6 +188,8 @@ def domain_order(order: Order) -> mk.Order:
             software=order.software_spec,
             min_reliability=float(order.min_reliability),
             runtime=order.runtime,
+            # Callers load orders with select_related("offer"): no query per order.
+            node_ids=frozenset({order.offer.node_id}) if order.offer is not None else frozenset(),
         ),
         limit_micros=order.price_limit_micros,
         created_at=order.created_at,
@@ -241,55 +252,100 @@ def matching_run(*, now: datetime | None = None) -> RoundReport:
             return report
         now = now or timezone.now()
         orders = list(
-            Order.objects.filter(status=OrderStatus.OPEN, term__in=[Term.ON_DEMAND, Term.RESERVED]).order_by(
-                "pk"
-            )
+            Order.objects.filter(status=OrderStatus.OPEN, term__in=[Term.ON_DEMAND, Term.RESERVED])
+            .select_related("offer")
+            .order_by("pk")
         )
         if not orders:
             return report
         loaded = market_load()
         running_spot = running_spot_load()
         taken: set[int] = set()
-        for order in orders:
-            if order.term == Term.RESERVED:
-                assert order.window_start is not None and order.window_end is not None
-                start, end = max(order.window_start, now), order.window_end
-                horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
-            else:
-                start, end, horizon = now, now + RESERVATION_GUARD, timedelta(0)
-            free = {
-                node_id: ids - taken
-                for node_id, ids in loaded.free_during(start, end, order.runtime).items()
-                if not order.offer_id or node_id == _offer_node(order)
-            }
-            market = mk.Market(
-                nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now, horizon=horizon
-            )
-            result = match_round(
-                market=market,
-                orders=[domain_order(order)],
-                running_spot=running_spot if order.term != Term.RESERVED else (),
-                policy=_policy(),
-            )
+        # Reserved orders come first (the top tier), one at a time: each sees the devices free
+        # over its own window.
+        for order in (o for o in orders if o.term == Term.RESERVED):
+            assert order.window_start is not None and order.window_end is not None
+            horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
+            free = loaded.free_during(max(order.window_start, now), order.window_end, order.runtime)
+            result = _decide(loaded, free, taken, now, [order], (), horizon=horizon)
             if not result.placements:
                 report.unplaced[order.pk] = result.unplaced.get(order.pk, ())
                 continue
             placement = result.placements[0]
-            preempt = {p.job_id: p for p in result.preempt}
-            if _commit(order, placement, loaded, now, preempt):
+            if _commit(order, placement, loaded, now, {}):
                 report.placed.append(order.pk)
                 taken.update(placement.device_ids)
-                report.preempted += list(preempt)
-                running_spot = [r for r in running_spot if r.job_id not in preempt]
             else:
                 report.conflicts.append(order.pk)
+        # On-demand orders all want devices from now on: one in-memory round decides them together.
+        on_demand = [o for o in orders if o.term == Term.ON_DEMAND]
+        if on_demand:
+            free = loaded.free_during(now, now + RESERVATION_GUARD, None)
+            result = _decide(loaded, free, taken, now, on_demand, running_spot, horizon=timedelta(0))
+            report.unplaced.update(result.unplaced)
+            _commit_round(result, {o.pk: o for o in on_demand}, loaded, now, report)
     return report
 
 
-def _offer_node(order: Order) -> int | None:
-    if order.offer_id is None:
-        return None
-    return Offer.objects.filter(pk=order.offer_id).values_list("node_id", flat=True).first()
+def _decide(
+    loaded: LoadedMarket,
+    free: dict[int, frozenset[int]],
+    taken: set[int],
+    now: datetime,
+    orders: Sequence[Order],
+    running_spot: Sequence[mk.RunningSpot],
+    *,
+    horizon: timedelta,
+) -> mk.RoundResult:
+    """The in-memory round over ``free`` minus the devices this run already committed."""
+    free = {node_id: ids - taken for node_id, ids in free.items()}
+    market = mk.Market(
+        nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now, horizon=horizon
+    )
+    return match_round(
+        market=market,
+        orders=[domain_order(order) for order in orders],
+        running_spot=running_spot,
+        policy=_policy(),
+    )
+
+
+def _commit_round(
+    result: mk.RoundResult,
+    orders: dict[int, Order],
+    loaded: LoadedMarket,
+    now: datetime,
+    report: RoundReport,
+) -> None:
+    """Commit a round's new placements: batched where they preempt nobody, else one by one.
+
+    Spot jobs the round evicted but no committed placement took over are stopped all the same
+    (their notice is already part of the round's decision).
+    """
+    preempt = {p.job_id: p for p in result.preempt}
+    plain: list[tuple[Order, mk.Placement]] = []
+    for placement in result.placements:
+        order = orders.get(placement.order_id)
+        if placement.job_id is not None or order is None:
+            continue
+        own = {job_id: preempt.pop(job_id) for job_id in placement.preempts if job_id in preempt}
+        if own:
+            ok = _commit(order, placement, loaded, now, own)
+            (report.placed if ok else report.conflicts).append(order.pk)
+            if ok:
+                report.preempted += list(own)
+        else:
+            plain.append((order, placement))
+    placed, conflicts = _commit_many(plain, loaded, now)
+    report.placed += placed
+    report.conflicts += conflicts
+    report.placed.sort()
+    for job_id, notice in preempt.items():
+        job = Job.objects.filter(pk=job_id).first()
+        if job is not None and not job.ended:
+            Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
+            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
+            report.preempted.append(job_id)
 
 
 def placement_commit(
@@ -300,7 +356,7 @@ def placement_commit(
     now: datetime,
     preempt: dict[int, mk.Preemption] | None = None,
 ) -> bool:
-    """Commit one engine placement of ``order`` in one transaction (what the rounds do per order).
+    """Commit one engine placement of ``order`` in its own transaction.
 
     Contract: True when the allocation(s), slots and job(s) are written and the order is
     ``allocated``; False, with nothing written, on a slot conflict, a refusal from billing or
@@ -308,6 +364,16 @@ def placement_commit(
     notice after commit).
     """
     return _commit(order, placement, loaded, now, preempt or {})
+
+
+def placements_commit(
+    *, items: Sequence[tuple[Order, mk.Placement]], loaded: LoadedMarket, now: datetime
+) -> tuple[list[int], list[int]]:
+    """Commit a round's placements that preempt nobody (what the rounds do): (placed, conflicts).
+
+    ``COMMIT_CHUNK`` orders per transaction, each order all or nothing; see ``_commit_many``.
+    """
+    return _commit_many(items, loaded, now)
 
 
 class _NoSlot(Exception):
@@ -323,67 +389,24 @@ def _commit(
 ) -> bool:
     """Commit one placement in one transaction; False (and nothing written) on any conflict."""
     starts_at = max(order.window_start or now, now)
-    ends_at = order.window_end
     if preempt:
         # The preempted jobs keep their devices for the notice; the new slots start after it.
         starts_at = max(starts_at, max(p.deadline for p in preempt.values()))
-    node_ids = sorted(slot.node_id for slot in placement.slots)
     try:
+        rows = _rows(order, placement, loaded, now, starts_at)
         with transaction.atomic():
             locked = Order.objects.select_for_update().filter(pk=order.pk, status=OrderStatus.OPEN).first()
             if locked is None:
                 return False
-            list(Node.objects.select_for_update().filter(pk__in=node_ids).order_by("pk"))
+            _lock_nodes(rows.node_ids)
             if preempt:
                 _shrink_slots(list(preempt), until=starts_at)
-            jobs: list[Job] = []
-            for slot in placement.slots:
-                allocation = Allocation.objects.create(
-                    order=locked,
-                    node_id=slot.node_id,
-                    term=locked.term,
-                    unit_price_micros=placement.unit_price_micros,
-                    starts_at=starts_at,
-                    ends_at=ends_at,
-                )
-                slot_rows = []
-                for device_id in slot.device_ids:
-                    end = ends_at or loaded.next_booking_after(device_id, starts_at)
-                    if end is not None and epoch(end) <= epoch(starts_at):
-                        # Booked again before this slot could begin (spans are whole seconds):
-                        # nothing to allocate; the next round decides afresh.
-                        raise _NoSlot(f"device {device_id} is booked from {end.isoformat()}")
-                    slot_rows.append(
-                        AllocationSlot(
-                            allocation=allocation,
-                            device_id=device_id,
-                            span=span_for(device_id, starts_at, end),
-                        )
-                    )
-                AllocationSlot.objects.bulk_create(slot_rows)
-                # Jobs start when their devices are theirs: reserved at the window, after the
-                # preemption notice, else now.
-                deferred = starts_at > now
-                jobs.append(
-                    Job.objects.create(
-                        node_id=slot.node_id,
-                        order=locked,
-                        allocation=allocation,
-                        buyer_id=locked.buyer_id,
-                        device_indexes=sorted(loaded.device_index[d] for d in slot.device_ids),
-                        runtime=locked.runtime,
-                        image=locked.image,
-                        command=locked.command,
-                        env=locked.env,
-                        ports=locked.ports,
-                        status=JobStatus.QUEUED if deferred else JobStatus.ASSIGNED,
-                        assigned_at=None if deferred else now,
-                    )
-                )
+            rows.order = locked
+            _write([rows])
             if locked.term == Term.RESERVED:
-                _book_reservation(locked, placement, jobs)
+                _book_reservation(locked, placement, rows.jobs)
             order_transition(order=locked, to=OrderStatus.ALLOCATED, matched_at=now, status_reason="")
-            transaction.on_commit(lambda: node_nudge(node_ids=node_ids))
+            node_nudge(node_ids=rows.node_ids)
     except IntegrityError as exc:
         log.warning("matching.conflict order_id=%s error=%s", order.pk, exc)
         return False
@@ -401,8 +424,165 @@ def _commit(
         if job is not None:
             Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
             job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
-    log.info("order.matched order_id=%s nodes=%s price=%s", order.pk, node_ids, placement.unit_price_micros)
+    log.info(
+        "order.matched order_id=%s nodes=%s price=%s", order.pk, rows.node_ids, placement.unit_price_micros
+    )
     return True
+
+
+def _commit_many(
+    items: Sequence[tuple[Order, mk.Placement]], loaded: LoadedMarket, now: datetime
+) -> tuple[list[int], list[int]]:
+    """Commit placements that preempt nobody, ``COMMIT_CHUNK`` orders per transaction.
+
+    Each order is still all or nothing: a chunk that meets any conflict (a slot the exclusion
+    constraint refuses, a node or order that changed under it) is rolled back whole and its
+    orders are committed again one transaction each, so a conflict costs that one order alone.
+    Returns (placed, conflicts) order ids.
+    """
+    placed: list[int] = []
+    conflicts: list[int] = []
+    ready: list[_Rows] = []
+    for order, placement in items:
+        try:
+            ready.append(_rows(order, placement, loaded, now, max(order.window_start or now, now)))
+        except _NoSlot as exc:
+            log.warning("matching.no_slot order_id=%s error=%s", order.pk, exc)
+            conflicts.append(order.pk)
+    placements = {order.pk: placement for order, placement in items}
+    for start in range(0, len(ready), COMMIT_CHUNK):
+        chunk = ready[start : start + COMMIT_CHUNK]
+        try:
+            done, gone = _commit_chunk(chunk, now)
+        except (IntegrityError, _Changed) as exc:
+            log.warning("matching.chunk_conflict orders=%s error=%s", len(chunk), exc)
+            for rows in chunk:
+                ok = _commit(rows.order, placements[rows.order.pk], loaded, now, {})
+                (placed if ok else conflicts).append(rows.order.pk)
+            continue
+        placed += done
+        conflicts += gone
+    return placed, conflicts
+
+
+class _Changed(Exception):
+    """An order of a chunk changed between the lock and the update: retry the chunk per order."""
+
+
+def _commit_chunk(chunk: Sequence[_Rows], now: datetime) -> tuple[list[int], list[int]]:
+    """One transaction for a chunk of placements (see ``_commit_many``)."""
+    with transaction.atomic():
+        ids = sorted(rows.order.pk for rows in chunk)
+        still_open = set(
+            Order.objects.select_for_update()
+            .filter(pk__in=ids, status=OrderStatus.OPEN)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        live = [rows for rows in chunk if rows.order.pk in still_open]
+        node_ids = sorted({node_id for rows in live for node_id in rows.node_ids})
+        _lock_nodes(node_ids)
+        _write(live)
+        assert OrderStatus.ALLOCATED in ORDER_TRANSITIONS[OrderStatus.OPEN]
+        moved = Order.objects.filter(pk__in=sorted(still_open), status=OrderStatus.OPEN).update(
+            status=OrderStatus.ALLOCATED, matched_at=now, status_reason="", updated_at=now
+        )
+        if moved != len(still_open):
+            raise _Changed(f"{len(still_open) - moved} order(s) moved since they were locked")
+        node_nudge(node_ids=node_ids)
+    for rows in live:
+        rows.order.status = OrderStatus.ALLOCATED
+        log.info("order.matched order_id=%s nodes=%s", rows.order.pk, rows.node_ids)
+    return [rows.order.pk for rows in live], sorted(set(ids) - still_open)
+
+
+@dataclass
+class _Rows:
+    """The rows one placement writes: an allocation, its slots and a job per node."""
+
+    order: Order
+    node_ids: list[int]
+    allocations: list[Allocation]
+    slots: list[AllocationSlot]
+    jobs: list[Job]
+
+
+def _rows(
+    order: Order, placement: mk.Placement, loaded: LoadedMarket, now: datetime, starts_at: datetime
+) -> _Rows:
+    """Build (not save) a placement's rows; ``_NoSlot`` if a device is booked before it begins."""
+    ends_at = order.window_end
+    # Jobs start when their devices are theirs: reserved at the window, after a preemption
+    # notice, else now.
+    deferred = starts_at > now
+    rows = _Rows(order, sorted(slot.node_id for slot in placement.slots), [], [], [])
+    for slot in placement.slots:
+        allocation = Allocation(
+            order=order,
+            node_id=slot.node_id,
+            term=order.term,
+            unit_price_micros=placement.unit_price_micros,
+            starts_at=starts_at,
+            ends_at=ends_at,
+        )
+        rows.allocations.append(allocation)
+        for device_id in slot.device_ids:
+            end = ends_at or loaded.next_booking_after(device_id, starts_at)
+            if end is not None and epoch(end) <= epoch(starts_at):
+                # Booked again before this slot could begin (spans are whole seconds): nothing
+                # to allocate; the next round decides afresh.
+                raise _NoSlot(f"device {device_id} is booked from {end.isoformat()}")
+            rows.slots.append(
+                AllocationSlot(
+                    allocation=allocation, device_id=device_id, span=span_for(device_id, starts_at, end)
+                )
+            )
+        rows.jobs.append(
+            Job(
+                node_id=slot.node_id,
+                order=order,
+                allocation=allocation,
+                buyer_id=order.buyer_id,
+                device_indexes=sorted(loaded.device_index[d] for d in slot.device_ids),
+                runtime=order.runtime,
+                image=order.image,
+                command=order.command,
+                env=order.env,
+                ports=order.ports,
+                status=JobStatus.QUEUED if deferred else JobStatus.ASSIGNED,
+                assigned_at=None if deferred else now,
+            )
+        )
+    return rows
+
+
+def _write(batch: Sequence[_Rows]) -> None:
+    """Insert the allocations, then their slots (under the exclusion constraint), then the jobs."""
+    for rows in batch:
+        for allocation in rows.allocations:
+            allocation.order = rows.order
+        for job in rows.jobs:
+            job.order = rows.order
+    Allocation.objects.bulk_create([a for rows in batch for a in rows.allocations])
+    # The slots and jobs were built with their unsaved allocation: re-assigning copies its new id.
+    slots = [slot for rows in batch for slot in rows.slots]
+    jobs = [job for rows in batch for job in rows.jobs]
+    for slot in slots:
+        slot.allocation = slot.allocation
+    for job in jobs:
+        job.allocation = job.allocation
+    AllocationSlot.objects.bulk_create(slots)
+    Job.objects.bulk_create(jobs)
+
+
+def _lock_nodes(node_ids: Sequence[int]) -> None:
+    """Lock the nodes' rows in id order (every placement path takes them in this order)."""
+    list(
+        Node.objects.select_for_update()
+        .filter(pk__in=sorted(node_ids))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 def _shrink_slots(job_ids: Sequence[int], *, until: datetime) -> None:
@@ -459,7 +639,11 @@ def spot_round(*, now: datetime | None = None) -> RoundReport:
             report.skipped = True
             return report
         now = (now or timezone.now()).replace(microsecond=0)
-        orders = list(Order.objects.filter(status=OrderStatus.OPEN, term=Term.SPOT).order_by("pk"))
+        orders = list(
+            Order.objects.filter(status=OrderStatus.OPEN, term=Term.SPOT)
+            .select_related("offer")
+            .order_by("pk")
+        )
         running = running_spot_load()
         if not orders and not running:
             return report
@@ -476,26 +660,10 @@ def spot_round(*, now: datetime | None = None) -> RoundReport:
             policy=_policy(),
         )
         _record_prices(result, now)
-        preempt = {p.job_id: p for p in result.preempt}
-        by_id = {o.pk: o for o in orders}
         for placement in result.placements:
             if placement.job_id is not None:
                 _rerate(placement.job_id, placement.unit_price_micros, now)
-                continue
-            order = by_id.get(placement.order_id)
-            if order is None:
-                continue
-            own = {j: preempt.pop(j) for j in placement.preempts if j in preempt}
-            if _commit(order, placement, loaded, now, own):
-                report.placed.append(order.pk)
-            else:
-                report.conflicts.append(order.pk)
-        for job_id, notice in preempt.items():
-            job = Job.objects.filter(pk=job_id).first()
-            if job is not None and not job.ended:
-                Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
-                job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
-                report.preempted.append(job_id)
+        _commit_round(result, {o.pk: o for o in orders}, loaded, now, report)
         report.unplaced.update(result.unplaced)
     return report
 
