@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from providers.agent.state import CREDENTIAL_FILE
-from tests.support.worker import ROOT, child_env
+from tests.support.live_server import LiveServer
 
 AGENT = str(Path(sys.executable).parent / "suanli-agent")
 
@@ -35,36 +33,13 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: 
 @contextmanager
 def live_exchange(log_dir: Path, *, env: dict[str, str] | None = None, workers: int = 2) -> Iterator[str]:
     """gunicorn serving the exchange on a free local port; yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = (log_dir / "gunicorn.log").open("ab")
-    # Long-polls hold a thread each: leave room for every agent's poll and its other calls.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--threads", "8", "--graceful-timeout", "2"],
-        cwd=ROOT, env=child_env(DJANGO_DEBUG="0", **(env or {})), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    server = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{server}/api/agent/v1/ping", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
+    # Long-polls hold a thread each: eight per worker leave room for every agent's poll and calls.
+    server = LiveServer(log_path=log_dir / "gunicorn.log", workers=workers, threads=8, **(env or {}))
+    server.start()
     try:
-        wait_for("gunicorn", up, timeout=60)
-        yield server
+        yield server.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
 
 
 class Agent:

@@ -1,6 +1,7 @@
 """A real ``gunicorn config.wsgi`` on a free port, pointed at the test database and Redis.
 
-Used by the API tests (Schemathesis) and the CLI tests. Tests talking to it must use
+Used by the API tests (Schemathesis), the CLI tests and ``tests.support.live.live_exchange`` (the
+end-to-end tests and benchmarks). Tests talking to it must use
 ``transactional_db`` so the server sees their committed rows.
 """
 
