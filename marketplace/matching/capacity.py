@@ -219,11 +219,14 @@ class CapacityIndex:
             self._software_ok[cache_key] = ok
         return ok
 
-    def best_free(self, need: Need, *, pools: Iterable[PoolIndex] | None = None) -> Stock | None:
+    def best_free(
+        self, need: Need, *, pools: Iterable[PoolIndex] | None = None, limit: int | None = None
+    ) -> Stock | None:
         """The single node stock an order's slot should take from free devices, or None."""
         best: Stock | None = None
         best_key: tuple[int, int, float, int, int] | None = None
-        term, devices, limit = need.term, need.devices_per_node, need.limit
+        term, devices = need.term, need.devices_per_node
+        limit = need.limit if limit is None else limit
         for pool in need.pools if pools is None else pools:
             per_count = pool.buckets[term]
             for count in range(devices, len(per_count)):

@@ -276,11 +276,13 @@ class Diagnoser:
         if sieve is None:
             failures, suited = self._suited(pools, need)
             failures = dict(failures)
-            passing = [stock for stock in suited if stock.total >= need.devices_per_node]
-            if len(passing) < len(suited):
-                failures[ReasonCode.NODE_TOO_SMALL] = len(suited) - len(passing)
-            passing.sort(key=lambda s: (s.prices[need.term], s.node.id, s.index))
-            sieve = _Sieve(failures, passing, [stock.prices[need.term] for stock in passing])
+            # By the term's bucket entry: price first (entries are unique, so stocks never compare).
+            ranked = sorted(
+                (stock.entries[need.term], stock) for stock in suited if stock.total >= need.devices_per_node
+            )
+            if len(ranked) < len(suited):
+                failures[ReasonCode.NODE_TOO_SMALL] = len(suited) - len(ranked)
+            sieve = _Sieve(failures, [stock for _, stock in ranked], [entry[0] for entry, _ in ranked])
             self._sieves[key] = sieve
         return sieve
 

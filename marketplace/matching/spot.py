@@ -259,26 +259,29 @@ class PoolClearing:
         bid = order.limit_micros
         if self.max_floor is not None and bid < self.max_floor:
             return False
-        limited = replace(need, limit=bid if self.min_bid is None else min(bid, self.min_bid))
-        chosen = self._choose(limited, evictable=None)
+        limit = bid if self.min_bid is None else min(bid, self.min_bid)
+        chosen = self._choose(need, limit, evictable=None)
         if chosen is None and pending:
-            chosen = self._choose(limited, evictable=pending.__contains__)
+            chosen = self._choose(need, limit, evictable=pending.__contains__)
         if chosen is None:
             return False
-        slots, preempts = self.index.commit(limited, chosen)
+        slots, preempts = self.index.commit(need, chosen)
         floor = max(candidate.price for candidate in chosen)
         self._win(Placement(order.id, slots, 0, Term.SPOT, preempts), bid, floor)
         return True
 
-    def _choose(self, need: Need, *, evictable: Callable[[int], bool] | None) -> list[Candidate] | None:
+    def _choose(
+        self, need: Need, limit: int, *, evictable: Callable[[int], bool] | None
+    ) -> list[Candidate] | None:
+        """Where a bid goes on this pool, paying floors up to ``limit`` (its bid or less)."""
         pools = (self.pool,)
         if evictable is None and need.node_count == 1:
-            stock = self.index.best_free(need, pools=pools)
+            stock = self.index.best_free(need, pools=pools, limit=limit)
             if stock is None:
                 return None
             return [Candidate(stock, stock.prices[SPOT], (), 0, len(stock.free) - need.devices_per_node)]
         single = need.node_count == 1
-        found = self.index.candidates(need, evictable=evictable, pools=pools, held_only=single)
+        found = self.index.candidates(need, limit=limit, evictable=evictable, pools=pools, held_only=single)
         if single:
             best = choose_single(found)
             return None if best is None else [best]
