@@ -13,6 +13,7 @@ from typing import Any
 
 import stripe
 from django.conf import settings
+from django.utils.translation import gettext as _
 
 from core.errors import PaymentProviderError, ValidationFailed
 from core.money import from_minor_units, to_minor_units
@@ -39,7 +40,9 @@ def _call(fn: Any, params: dict[str, Any], idempotency_key: str | None = None) -
     except (stripe.InvalidRequestError, stripe.CardError, stripe.PermissionError) as exc:
         raise StripeRejected(f"Stripe rejected the request: {exc.user_message or exc}") from exc
     except stripe.StripeError as exc:
-        raise PaymentProviderError(f"Stripe is unavailable: {exc.user_message or exc}") from exc
+        raise PaymentProviderError(
+            _("Stripe is unavailable: %(detail)s") % {"detail": exc.user_message or exc}
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,15 @@ from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from billing import selectors, services
 from billing.forms import PayoutOnboardForm, TopUpForm
-from billing.models import Statement, TopUpStatus
+from billing.models import Statement, StatementKind, TopUpStatus
 from core.api import error_body
 from core.errors import SuanliError
 from core.money import format_amount
@@ -67,18 +69,55 @@ def statement_csv(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
+STATEMENT_KIND_LABELS: dict[str, Promise] = {
+    StatementKind.BUYER_INVOICE: gettext_lazy("Invoice"),
+    StatementKind.PROVIDER_EARNINGS: gettext_lazy("Earnings statement"),
+}
+# The ``type`` of a statement line (``billing.services.statements``); the CSV keeps the codes.
+STATEMENT_LINE_LABELS: dict[str, Promise] = {
+    "lease": gettext_lazy("Device time"),
+    "top_up": gettext_lazy("Top-up"),
+    "refund": gettext_lazy("Refund"),
+    "cancellation_fee": gettext_lazy("Cancellation fee"),
+    "payout": gettext_lazy("Payout"),
+    "payout_reversal": gettext_lazy("Payout reversed"),
+}
+
+
 @login_required
 @require_GET
 def statement_html(request: HttpRequest, pk: int) -> HttpResponse:
     statement = _statement(request, pk)
-    return render(
-        request,
-        "billing/statement.html",
-        {"statement": statement, "total": format_amount(statement.total_micros), "lines": statement.lines},
-    )
+    lines = [{**line, "type_label": STATEMENT_LINE_LABELS.get(line.get("type", ""), line.get("type", ""))}
+             for line in statement.lines]  # fmt: skip
+    context = {
+        "statement": statement,
+        "kind_label": STATEMENT_KIND_LABELS.get(statement.kind, statement.kind),
+        "total": format_amount(statement.total_micros),
+        "lines": lines,
+    }
+    return render(request, "billing/statement.html", context)
 
 
 # --- Portal pages: the buyer's wallet and the provider's earnings --------------------------------
+
+# ``Payout.failure_reason`` is stored as written by ``billing.services.payouts`` and the Stripe
+# gateway (in English, by the payout task); the portal shows it in the reader's language. Stripe's
+# own explanation, after the prefix, is Stripe's words.
+PAYOUT_FAILURES: dict[str, Promise] = {"transfer reversed": gettext_lazy("transfer reversed")}
+PAYOUT_FAILURE_PREFIXES: dict[str, Promise] = {
+    "Stripe rejected the request: ": gettext_lazy("Stripe rejected the request: %(detail)s"),
+}
+
+
+def payout_failure_text(reason: str) -> str:
+    """Why a payout failed, in the active language as far as its words are known."""
+    if reason in PAYOUT_FAILURES:
+        return str(PAYOUT_FAILURES[reason])
+    for prefix, text in PAYOUT_FAILURE_PREFIXES.items():
+        if reason.startswith(prefix):
+            return str(text) % {"detail": reason.removeprefix(prefix)}
+    return reason
 
 
 def _user(request: HttpRequest) -> User:
@@ -159,6 +198,8 @@ def earnings(request: HttpRequest) -> HttpResponse:
         row = selectors.provider_earnings(provider_id=provider_id)
         rows.append({**row, "name": name, "connected": provider_id in connected})
     payouts = list(selectors.payouts_for(user=user).order_by("-created_at", "-id")[:50])
+    for payout in payouts:
+        payout.failure_text = payout_failure_text(payout.failure_reason)  # type: ignore[attr-defined]
     statements = list(selectors.provider_statements_for(user=user)[:48])
     context = {
         "rows": rows,

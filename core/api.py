@@ -18,6 +18,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpRequest, JsonResponse
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, pagination, serializers, status
@@ -121,7 +122,7 @@ class CursorPagination(pagination.CursorPagination):
             return super().decode_cursor(request)
         except exceptions.NotFound:
             raise ValidationFailed(
-                "Invalid cursor.", fields={"cursor": "Use the next link as given."}
+                _("Invalid cursor."), fields={"cursor": _("Use the next link as given.")}
             ) from None
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
@@ -173,7 +174,8 @@ class KeysetPagination(pagination.BasePagination):
             return max(1, min(int(raw), self.max_page_size))
         except ValueError:
             raise ValidationFailed(
-                "limit must be a whole number.", fields={"limit": "A whole number."}
+                _("%(name)s must be a whole number.") % {"name": "limit"},
+                fields={"limit": _("A whole number.")},
             ) from None
 
     @staticmethod
@@ -183,7 +185,7 @@ class KeysetPagination(pagination.BasePagination):
         except (ValueError, binascii.Error, UnicodeError):
             values = None
         if not isinstance(values, list) or len(values) != length:
-            raise ValidationFailed("Invalid cursor.", fields={"cursor": "Use the next link as given."})
+            raise ValidationFailed(_("Invalid cursor."), fields={"cursor": _("Use the next link as given.")})
         return values
 
     @staticmethod
@@ -239,7 +241,8 @@ def query_choice(request: Request, name: str, choices: Sequence[str]) -> str | N
         return None
     if value not in choices:
         raise ValidationFailed(
-            f"{name}: choose one of {', '.join(choices)}.", fields={name: "Invalid choice."}
+            _("%(name)s: choose one of %(choices)s.") % {"name": name, "choices": ", ".join(choices)},
+            fields={name: _("Invalid choice.")},
         )
     return value
 
@@ -255,8 +258,8 @@ def query_datetime(request: Request, name: str) -> datetime | None:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise ValidationFailed(
-            f"{name} must be an ISO 8601 time with a zone, like 2026-03-02T09:00:00Z.",
-            fields={name: "An ISO 8601 time with a zone."},
+            _("%(name)s must be an ISO 8601 time with a zone, like 2026-03-02T09:00:00Z.") % {"name": name},
+            fields={name: _("An ISO 8601 time with a zone.")},
         )
     return parsed
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
 from rest_framework.renderers import JSONRenderer
@@ -66,8 +67,9 @@ def idempotent(*, required: bool = False) -> Callable[[Callable[..., Response]],
             if not key:
                 if required:
                     raise ValidationFailed(
-                        f"An {HEADER} header (at most {IDEMPOTENCY_KEY_MAX} characters) is required.",
-                        fields={HEADER: "Required."},
+                        _("An %(header)s header (at most %(max)s characters) is required.")
+                        % {"header": HEADER, "max": IDEMPOTENCY_KEY_MAX},
+                        fields={HEADER: _("Required.")},
                     )
                 return method(view, request, *args, **kwargs)
             user = request.user

@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import ApiKey, ApiKeyScope, IdempotentRequest
@@ -41,11 +42,11 @@ def apikey_create(*, user: User, name: str, scopes: Iterable[str]) -> IssuedApiK
     unknown = [scope for scope in scope_list if scope not in ApiKeyScope.values]
     if unknown or not scope_list:
         raise ValidationFailed(
-            "Unknown or missing scopes.",
-            fields={"scopes": f"Choose from {', '.join(ApiKeyScope.values)}."},
+            _("Unknown or missing scopes."),
+            fields={"scopes": _("Choose one of %(choices)s.") % {"choices": ", ".join(ApiKeyScope.values)}},
         )
     if not name.strip():
-        raise ValidationFailed("A key needs a name.", fields={"name": "This field is required."})
+        raise ValidationFailed(_("A key needs a name."), fields={"name": _("A key needs a name.")})
     prefix = secrets.token_hex(6)
     secret = f"sk_{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
@@ -58,7 +59,7 @@ def apikey_revoke(*, user: User, api_key_id: int) -> ApiKey:
     with transaction.atomic():
         api_key = ApiKey.objects.select_for_update().filter(pk=api_key_id, user=user).first()
         if api_key is None:
-            raise NotFound("No such API key.")
+            raise NotFound(_("No such API key."))
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             api_key.save(update_fields=["revoked_at", "updated_at"])
@@ -98,8 +99,11 @@ def idempotent_request_begin(
     """
     if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
         raise ValidationFailed(
-            f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters.",
-            fields={"Idempotency-Key": f"1 to {IDEMPOTENCY_KEY_MAX} printable characters."},
+            _("The Idempotency-Key header must be 1 to %(max)s printable characters.")
+            % {"max": IDEMPOTENCY_KEY_MAX},
+            fields={
+                "Idempotency-Key": _("1 to %(max)s printable characters.") % {"max": IDEMPOTENCY_KEY_MAX}
+            },
         )
     now = timezone.now()
     try:
@@ -115,9 +119,9 @@ def idempotent_request_begin(
         return idempotent_request_begin(user=user, key=key, method=method, path=path, body_hash=body_hash)
     if (earlier.method, earlier.path, earlier.body_hash) != (method, path[:255], body_hash):
         raise Conflict(
-            "This Idempotency-Key was already used for a different request.",
+            _("This Idempotency-Key was already used for a different request."),
             code="idempotency_key_reused",
-            fields={"Idempotency-Key": "Already used for a different request; use a new key."},
+            fields={"Idempotency-Key": _("Already used for a different request; use a new key.")},
         )
     if earlier.status_code is not None:
         return earlier
@@ -129,7 +133,7 @@ def idempotent_request_begin(
         ).update(started_at=now)
     if taken != 1:
         raise Conflict(
-            "A request with this Idempotency-Key is still in progress; retry in a few seconds.",
+            _("A request with this Idempotency-Key is still in progress; retry in a few seconds."),
             code="idempotency_in_progress",
         )
     return None
@@ -150,5 +154,5 @@ def idempotent_request_abandon(*, user: Any, key: str) -> None:
 def idempotent_requests_purge(*, now: Any = None) -> int:
     """Delete requests completed (or abandoned mid-way) longer than the retention period ago."""
     cutoff = (now or timezone.now()) - IDEMPOTENCY_RETENTION
-    deleted, _ = IdempotentRequest.objects.filter(started_at__lt=cutoff).delete()
+    deleted, _by_model = IdempotentRequest.objects.filter(started_at__lt=cutoff).delete()
     return deleted

@@ -17,6 +17,7 @@ from django import forms
 from django.utils import timezone
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from core.errors import ValidationFailed
 from core.forms import NoLabelSuffix
@@ -208,7 +209,13 @@ class OrderForm(NoLabelSuffix, forms.Form):
         devices = data.get("devices")
         if devices is not None and devices > self.offer.device_count:
             self.add_error(
-                "devices", _("This node has %(count)s devices.") % {"count": self.offer.device_count}
+                "devices",
+                ngettext(
+                    "This node has %(count)s device.",
+                    "This node has %(count)s devices.",
+                    self.offer.device_count,
+                )
+                % {"count": self.offer.device_count},
             )
         if term == Term.RESERVED:
             start, end = data.get("window_start"), data.get("window_end")

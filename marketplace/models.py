@@ -78,6 +78,29 @@ ORDER_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+class OrderReason(models.TextChoices):
+    """Why an order is in its status: the stable code kept in ``Order.status_reason``.
+
+    Details a reason needs (the exit code, the agent's failure message, why a spot job was
+    preempted) are in ``Order.status_params``. The words, in each language, are in
+    ``marketplace.reasons``; the English of each code is also what the API returns as
+    ``status_reason``.
+    """
+
+    CANCELLED_BY_BUYER = "cancelled_by_buyer", "Cancelled by the buyer"
+    STOPPING_FOR_BUYER = "stopping_for_buyer", "Stopping at the buyer's request"
+    RESERVED_WINDOW_PASSED = "reserved_window_passed", "No capacity before the reserved window passed"
+    REQUEUED_NO_ACK = "requeued_no_ack", "Re-queued: the node did not respond"
+    REQUEUED_NODE_LOST = "requeued_node_lost", "Re-queued: the node was lost"
+    RESTART_UNFUNDED = "restart_unfunded", "The wallet cannot cover a restart"
+    RETRY_UNFUNDED = "retry_unfunded", "The wallet cannot cover a retry"
+    JOB_EXITED = "job_exited", "The job exited"
+    JOB_FAILED = "job_failed", "The job failed"
+    JOB_STOPPED = "job_stopped", "The job was stopped"
+    JOB_PREEMPTED = "job_preempted", "The job was preempted"
+    NODE_LOST = "node_lost", "The node went offline"
+
+
 class Runtime(models.TextChoices):
     DOCKER = "docker", "Docker"
     PROCESS = "process", "Process"
@@ -89,7 +112,9 @@ class Order(TimeStampedModel):
     status = models.CharField(
         max_length=10, choices=OrderStatus.choices, default=OrderStatus.OPEN, db_index=True
     )
+    # An ``OrderReason`` code ("" for none) and its details, e.g. ``{"exit_code": 0}``.
     status_reason = models.CharField(max_length=200, blank=True)
+    status_params = models.JSONField(default=dict, blank=True)
     # Requirements.
     offer = models.ForeignKey(Offer, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders")
     accelerator_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)

@@ -28,6 +28,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, RowNumber, TruncDate
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.selectors import UsagePoint, usage_series
 from core.errors import NotFound
@@ -50,7 +51,7 @@ def job_get_for_buyer(*, user: AbstractBaseUser | AnonymousUser, job_id: int) ->
     """The user's own job; anyone else's (or none) is ``NotFound``."""
     job = Job.objects.filter(pk=job_id, buyer_id=user.pk).first() if user.pk is not None else None
     if job is None:
-        raise NotFound("No such job.")
+        raise NotFound(_("No such job."))
     return job
 
 
@@ -224,7 +225,7 @@ def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
 def offer_get_listed(*, offer_id: int) -> Offer:
     offer = offers_list(filters=OfferFilters()).filter(pk=offer_id).first()
     if offer is None:
-        raise NotFound("No such offer, or it has no free capacity now.")
+        raise NotFound(_("No such offer, or it has no free capacity now."))
     return offer
 
 
@@ -245,7 +246,7 @@ def offer_get_public(*, offer_id: int) -> Offer:
         .first()
     )
     if offer is None:
-        raise NotFound("No such offer.")
+        raise NotFound(_("No such offer."))
     return offer
 
 
@@ -333,7 +334,7 @@ def order_get_for_buyer_page(*, user: AbstractBaseUser | AnonymousUser, order_id
         else None
     )
     if order is None:
-        raise NotFound("No such order.")
+        raise NotFound(_("No such order."))
     return order
 
 
@@ -347,7 +348,7 @@ def job_get_for_buyer_page(*, user: AbstractBaseUser | AnonymousUser, job_id: in
         else None
     )
     if job is None:
-        raise NotFound("No such job.")
+        raise NotFound(_("No such job."))
     return job
 
 
@@ -371,7 +372,7 @@ def nodes_with_offers_for_member(*, user: AbstractBaseUser | AnonymousUser) -> Q
 def node_get_for_member_page(*, user: AbstractBaseUser | AnonymousUser, node_id: int) -> Node:
     node = nodes_with_offers_for_member(user=user).filter(pk=node_id).first() if user.pk is not None else None
     if node is None:
-        raise NotFound("No such node.")
+        raise NotFound(_("No such node."))
     return node
 
 

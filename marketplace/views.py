@@ -33,52 +33,27 @@ from core.money import format_amount
 from core.templatetags.money import format_money
 from marketplace import selectors
 from marketplace.forms import TERM_LABELS, MarketFilterForm, OfferPriceForm, OrderForm, order_estimate
+from marketplace.labels import (
+    JOB_STATUS_LABELS,
+    NODE_STATUS_LABELS,
+    ORDER_STATUS_LABELS,
+    RUNTIME_LABELS,
+    STOP_REASON_LABELS,
+    job_message_text,
+    order_reason_text,
+    preemption_label,
+)
 from marketplace.matching.market import Reason, ReasonCode
 from marketplace.models import JOB_ENDED, Job, JobStatus, Offer, Order, OrderStatus, StopReason, Term
 from marketplace.services.jobs import job_stop_request
 from marketplace.services.matching import order_explain
 from marketplace.services.offers import OfferChange, offer_update
 from marketplace.services.orders import OrderRequest, order_cancel, order_place
-from providers.models import NodeStatus
 from providers.services import heartbeat_latest
 
 ORDERS_PER_PAGE = 20
 MARKET_ROWS = 100
 
-ORDER_STATUS_LABELS: dict[str, Promise] = {
-    OrderStatus.OPEN: gettext_lazy("Waiting for capacity"),
-    OrderStatus.ALLOCATED: gettext_lazy("Allocated"),
-    OrderStatus.RUNNING: gettext_lazy("Running"),
-    OrderStatus.ENDED: gettext_lazy("Ended"),
-    OrderStatus.CANCELLED: gettext_lazy("Cancelled"),
-    OrderStatus.FAILED: gettext_lazy("Failed"),
-}
-JOB_STATUS_LABELS: dict[str, Promise] = {
-    JobStatus.QUEUED: gettext_lazy("Queued"),
-    JobStatus.ASSIGNED: gettext_lazy("Assigned"),
-    JobStatus.STARTING: gettext_lazy("Starting"),
-    JobStatus.RUNNING: gettext_lazy("Running"),
-    JobStatus.EXITED: gettext_lazy("Exited"),
-    JobStatus.FAILED: gettext_lazy("Failed"),
-    JobStatus.STOPPED: gettext_lazy("Stopped"),
-    JobStatus.PREEMPTED: gettext_lazy("Preempted"),
-    JobStatus.LOST: gettext_lazy("Lost"),
-}
-NODE_STATUS_LABELS: dict[str, Promise] = {
-    NodeStatus.PENDING: gettext_lazy("Pending"),
-    NodeStatus.ONLINE: gettext_lazy("Online"),
-    NodeStatus.SUSPECT: gettext_lazy("Suspect"),
-    NodeStatus.OFFLINE: gettext_lazy("Offline"),
-    NodeStatus.DRAINING: gettext_lazy("Draining"),
-    NodeStatus.RETIRED: gettext_lazy("Retired"),
-}
-STOP_REASON_LABELS: dict[str, Promise] = {
-    StopReason.BUYER: gettext_lazy("stopped by you"),
-    StopReason.PREEMPTION: gettext_lazy("preempted"),
-    StopReason.FUNDS: gettext_lazy("your wallet cannot cover the next interval"),
-    StopReason.OPERATOR: gettext_lazy("stopped by an operator"),
-    StopReason.NODE_LOST: gettext_lazy("the node went offline"),
-}
 # Badge colour per status: "" (green), "warn", "muted", "danger".
 STATUS_TONES = {
     "open": "warn", "allocated": "", "running": "", "ended": "muted", "cancelled": "muted", "failed": "danger",
@@ -329,6 +304,9 @@ def _decorate_order(order: Order) -> Order:
     order.status_label = ORDER_STATUS_LABELS.get(order.status, order.status)  # type: ignore[attr-defined]
     order.status_tone = STATUS_TONES.get(order.status, "")  # type: ignore[attr-defined]
     order.term_label = TERM_LABELS.get(order.term, order.term)  # type: ignore[attr-defined]
+    reason = order_reason_text(code=order.status_reason, params=order.status_params)
+    order.reason_text = reason  # type: ignore[attr-defined]
+    order.runtime_label = RUNTIME_LABELS.get(order.runtime, order.runtime)  # type: ignore[attr-defined]
     for job in order.jobs.all():
         _decorate_job(job)
     return order
@@ -341,6 +319,8 @@ def _decorate_job(job: Job) -> Job:
     job.preempting = (  # type: ignore[attr-defined]
         job.stop_reason == StopReason.PREEMPTION and job.status not in JOB_ENDED
     )
+    job.preemption_label = preemption_label(job.preemption_reason)  # type: ignore[attr-defined]
+    job.message_text = job_message_text(job.message)  # type: ignore[attr-defined]
     return job
 
 

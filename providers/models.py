@@ -8,20 +8,22 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from core.models import TimeStampedModel
 
 
 class Vendor(models.TextChoices):
-    NVIDIA = "nvidia", "NVIDIA"
-    AMD = "amd", "AMD"
-    HUAWEI = "huawei", "Huawei"
-    CAMBRICON = "cambricon", "Cambricon"
-    HYGON = "hygon", "Hygon"
-    INTEL = "intel", "Intel"
-    ALIBABA = "alibaba", "Alibaba"
-    XILINX = "xilinx", "Xilinx"
-    GENERIC = "generic", "Generic"
+    # Translated: Chinese readers know several of these vendors by their Chinese names.
+    NVIDIA = "nvidia", _("NVIDIA")
+    AMD = "amd", _("AMD")
+    HUAWEI = "huawei", _("Huawei")
+    CAMBRICON = "cambricon", _("Cambricon")
+    HYGON = "hygon", _("Hygon")
+    INTEL = "intel", _("Intel")
+    ALIBABA = "alibaba", _("Alibaba")
+    XILINX = "xilinx", _("Xilinx")
+    GENERIC = "generic", _("Generic")
 
 
 class DeviceKind(models.TextChoices):

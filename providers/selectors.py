@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 
 from core.errors import Forbidden, NotFound, ValidationFailed
 from providers.models import Node, NodeStatus, Provider
@@ -24,15 +25,17 @@ def provider_for_member(*, user: User, provider_id: int | None) -> Provider:
         provider = mine.filter(pk=provider_id).first()
         if provider is None:
             raise Forbidden(
-                f"You are not a member of provider {provider_id}.", fields={"provider": "Not a member."}
+                _("You are not a member of provider %(id)s.") % {"id": provider_id},
+                fields={"provider": _("Not a member.")},
             )
         return provider
     candidates = list(mine[:2])
     if not candidates:
-        raise Forbidden("You are not a member of any provider.")
+        raise Forbidden(_("You are not a member of any provider."))
     if len(candidates) > 1:
         raise ValidationFailed(
-            "You belong to several providers; say which one.", fields={"provider": "This field is required."}
+            _("You belong to several providers; say which one."),
+            fields={"provider": _("You belong to several providers; say which one.")},
         )
     return candidates[0]
 
@@ -48,7 +51,7 @@ def nodes_for_member(*, user: User) -> QuerySet[Node]:
 def node_get_for_member(*, user: User, node_id: int) -> Node:
     node = nodes_for_member(user=user).filter(pk=node_id).first()
     if node is None:
-        raise NotFound("No such node.")
+        raise NotFound(_("No such node."))
     return node
 
 

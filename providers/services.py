@@ -21,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from core.errors import Conflict, SuanliError, ValidationFailed
 from core.redis import redis_client
@@ -94,11 +95,11 @@ def join_token_create(
     region, cluster = region.strip(), cluster.strip()
     fields: dict[str, str] = {}
     if len(region) > JoinToken._meta.get_field("region").max_length:  # type: ignore[operator]
-        fields["region"] = "At most 32 characters."
+        fields["region"] = _("At most %(count)s characters.") % {"count": 32}
     if len(cluster) > JoinToken._meta.get_field("cluster").max_length:  # type: ignore[operator]
-        fields["cluster"] = "At most 64 characters."
+        fields["cluster"] = _("At most %(count)s characters.") % {"count": 64}
     if fields:
-        raise ValidationFailed("Invalid join token settings.", fields=fields)
+        raise ValidationFailed(_("Invalid join token settings."), fields=fields)
     prefix = secrets.token_hex(6)
     token = f"jt_{prefix}_{secrets.token_urlsafe(32)}"
     join_token = JoinToken.objects.create(
@@ -126,7 +127,8 @@ def provider_create(*, owner: User, name: str) -> Provider:
     name = name.strip()
     if not name or len(name) > Provider._meta.get_field("name").max_length:  # type: ignore[operator]
         raise ValidationFailed(
-            "A provider needs a name of at most 128 characters.", fields={"name": "Required."}
+            _("A provider needs a name of at most 128 characters."),
+            fields={"name": _("A provider needs a name of at most 128 characters.")},
         )
     base = (slugify(name) or "provider")[:56]
     with transaction.atomic():
@@ -200,9 +202,9 @@ def accelerators_for(devices: Sequence[DeviceIn]) -> dict[int, AcceleratorModel]
         else:
             row = exact.get(device.model) or folded.get(device.model.strip().casefold())
         if row is None:
-            errors[f"inventory.devices.{position}.model"] = (
-                f"Unknown device model {device.model!r}: it is not in the hardware catalog."
-            )
+            errors[f"inventory.devices.{position}.model"] = _(
+                "Unknown device model %(model)s: it is not in the hardware catalog."
+            ) % {"model": repr(device.model)}
         else:
             found[device.index] = row
     if errors:
@@ -230,21 +232,21 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
     name = name.strip()
     if not name or len(name) > Node._meta.get_field("name").max_length:  # type: ignore[operator]
         raise ValidationFailed(
-            "A node needs a name of 1 to 128 characters.", fields={"name": "1 to 128 characters."}
+            _("A node needs a name of 1 to 128 characters."), fields={"name": _("1 to 128 characters.")}
         )
     indexes = [d.index for d in inventory.devices]
     uuids = [d.uuid for d in inventory.devices]
     if len(set(indexes)) != len(indexes) or len(set(uuids)) != len(uuids):
         raise ValidationFailed(
-            "Device indexes and uuids must be unique within a node.",
-            fields={"inventory.devices": "duplicates"},
+            _("Device indexes and uuids must be unique within a node."),
+            fields={"inventory.devices": _("Device indexes and uuids must be unique within a node.")},
         )
     parts = _token_parts(token.strip())
     join_token = None
     if parts is not None:
         join_token = JoinToken.objects.filter(prefix=parts[0]).first()
     if join_token is None or not secrets.compare_digest(join_token.token_hash, hash_secret(token.strip())):
-        raise TokenInvalid("This join token is not valid.", fields={"token": "Not a valid join token."})
+        raise TokenInvalid(_("This join token is not valid."), fields={"token": _("Not a valid join token.")})
     accelerators = accelerators_for(inventory.devices)
 
     now = timezone.now()
@@ -259,13 +261,13 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
                 join_token.refresh_from_db(fields=["used_at", "expires_at"])
                 if join_token.used_at is not None:
                     raise TokenGone(
-                        "This join token was already used; create a new one.",
-                        fields={"token": "Already used."},
+                        _("This join token was already used; create a new one."),
+                        fields={"token": _("Already used.")},
                         code="token_used",
                     )
                 raise TokenGone(
-                    "This join token has expired; create a new one.",
-                    fields={"token": "Expired."},
+                    _("This join token has expired; create a new one."),
+                    fields={"token": _("Expired.")},
                     code="token_expired",
                 )
             host = inventory.host
@@ -300,9 +302,12 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
     except IntegrityError as exc:
         if "node_name_unique_per_provider" in str(exc):
             raise Conflict(
-                f"This provider already has a node named {name!r}; join with another --name "
-                "or retire the old node.",
-                fields={"name": "Already taken in this provider."},
+                _(
+                    "This provider already has a node named %(name)s; join with another --name "
+                    "or retire the old node."
+                )
+                % {"name": repr(name)},
+                fields={"name": _("Already taken in this provider.")},
                 code="node_name_taken",
             ) from None
         raise

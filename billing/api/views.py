@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.permissions import IsAuthenticated
@@ -89,7 +90,9 @@ class UsageListView(generics.ListAPIView):
         job = self.request.query_params.get("job")
         if job:
             if not job.isdigit() or len(job) > 18:
-                raise ValidationFailed("job must be a job id.", fields={"job": "A job id."})
+                raise ValidationFailed(
+                    _("%(name)s must be a job id.") % {"name": "job"}, fields={"job": _("A job id.")}
+                )
             leases = leases.filter(job_id=int(job))
         return leases
 
@@ -193,7 +196,7 @@ class PayoutAccountView(APIView):
         body.is_valid(raise_exception=True)
         provider_id = body.validated_data["provider_id"]
         if provider_id not in selectors.provider_ids_for(request.user):
-            raise Forbidden("You are not a member of this provider.")
+            raise Forbidden(_("You are not a member of this provider."))
         url = services.payout_account_onboard(
             provider_id=provider_id,
             refresh_url=f"{settings.SITE_URL}/provider/payouts?refresh=1",

@@ -8,13 +8,14 @@ import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing import stripe_gateway
 from billing.models import AccountKind, TopUp, TopUpStatus, TransactionKind, WebhookEvent
 from billing.services.ledger import Posting, account_get, accounts_lock, default_currency, posting_write
 from billing.services.wallets import available_micros, buyer_accounts
 from core.errors import Conflict, ValidationFailed
-from core.money import MoneyFormatError, to_minor_units
+from core.money import MoneyFormatError, format_amount, to_minor_units
 
 log = structlog.get_logger(__name__)
 
@@ -29,22 +30,27 @@ def topup_create(*, buyer: Any, amount_micros: int, client_key: str | None = Non
     ``checkout.session.completed`` webhook does.
     """
     if amount_micros < settings.BILLING_MIN_TOP_UP_MICROS:
-        raise ValidationFailed("Amount below the minimum top-up.", fields={"amount": "too small"})
+        minimum = _("The smallest top-up is %(amount)s.") % {
+            "amount": format_amount(settings.BILLING_MIN_TOP_UP_MICROS)
+        }
+        raise ValidationFailed(minimum, fields={"amount": minimum})
     try:
         to_minor_units(amount_micros)
     except MoneyFormatError:
-        raise ValidationFailed("Top-ups are whole cents.", fields={"amount": "whole cents only"}) from None
+        raise ValidationFailed(
+            _("Top-ups are whole cents."), fields={"amount": _("Top-ups are whole cents.")}
+        ) from None
     currency = default_currency()
     key = client_key or f"auto:{timezone.now().timestamp()}"
     try:
         with transaction.atomic():
-            top_up, _ = TopUp.objects.get_or_create(
+            top_up, _created = TopUp.objects.get_or_create(
                 buyer=buyer, client_key=key, defaults={"amount_micros": amount_micros, "currency": currency}
             )
     except IntegrityError:
         top_up = TopUp.objects.get(buyer=buyer, client_key=key)
     if top_up.amount_micros != amount_micros:
-        raise Conflict("This Idempotency-Key was used for another amount.")
+        raise Conflict(_("This Idempotency-Key was used for another amount."))
     if top_up.checkout_url:
         return top_up
     session = stripe_gateway.checkout_session_create(
@@ -171,7 +177,7 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> WebhookEvent:
     obj = event.get("data", {}).get("object", {})
     ref = str(obj.get("payment_intent") or "") if event["type"].startswith("charge.") else ""
     with transaction.atomic():
-        stored, _ = WebhookEvent.objects.get_or_create(
+        stored, _created = WebhookEvent.objects.get_or_create(
             event_id=event["id"], defaults={"type": event["type"], "payload": event, "ref": ref}
         )
         stored = WebhookEvent.objects.select_for_update().get(pk=stored.pk)

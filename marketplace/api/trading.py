@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import DecimalField, F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
@@ -21,8 +22,19 @@ from core.errors import ValidationFailed
 from core.idempotency import idempotency_parameter, idempotent
 from core.money import MoneyFormatError, format_amount, parse_amount
 from core.schema import error_response
+from marketplace.labels import order_reason_english
 from marketplace.matching.market import Reason
-from marketplace.models import MAX_PRICE_MICROS, Job, Offer, Order, OrderStatus, SpotPrice, StopReason, Term
+from marketplace.models import (
+    MAX_PRICE_MICROS,
+    Job,
+    Offer,
+    Order,
+    OrderReason,
+    OrderStatus,
+    SpotPrice,
+    StopReason,
+    Term,
+)
 from marketplace.selectors import OFFER_SORTS, TERM_PRICE_FIELD, OfferFilters, job_get_for_buyer, offers_list
 from marketplace.services.job_spec import job_spec_parse
 from marketplace.services.jobs import job_stop_request
@@ -89,7 +101,8 @@ def _choice(request: Request, name: str, choices: list[str] | tuple[str, ...]) -
         return None
     if value not in choices:
         raise ValidationFailed(
-            f"{name}: choose one of {', '.join(choices)}.", fields={name: "Invalid choice."}
+            _("%(name)s: choose one of %(choices)s.") % {"name": name, "choices": ", ".join(choices)},
+            fields={name: _("Invalid choice.")},
         )
     return value
 
@@ -101,9 +114,14 @@ def _positive_int(request: Request, name: str) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise ValidationFailed(f"{name} must be a whole number.", fields={name: "A whole number."}) from None
+        raise ValidationFailed(
+            _("%(name)s must be a whole number.") % {"name": name}, fields={name: _("A whole number.")}
+        ) from None
     if number < 1 or number > 100_000:
-        raise ValidationFailed(f"{name} is out of range.", fields={name: "Between 1 and 100000."})
+        raise ValidationFailed(
+            _("%(name)s is out of range.") % {"name": name},
+            fields={name: _("Between 1 and %(max)s.") % {"max": 100_000}},
+        )
     return number
 
 
@@ -125,7 +143,8 @@ def offer_filters_from(request: Request) -> OfferFilters:
             max_micros = parse_amount(max_price)
         except MoneyFormatError:
             raise ValidationFailed(
-                "max_price must be an amount like 2.50.", fields={"max_price": "An amount."}
+                _("%(name)s must be an amount like 2.50.") % {"name": "max_price"},
+                fields={"max_price": _("An amount like 2.50.")},
             ) from None
     min_rel = request.query_params.get("min_reliability")
     min_reliability = None
@@ -272,15 +291,25 @@ class OrderSerializer(serializers.ModelSerializer):
     job = serializers.SerializerMethodField()
     allocations = AllocationOutSerializer(many=True, read_only=True)
     jobs = OrderJobSerializer(many=True, read_only=True)
+    status_reason = serializers.SerializerMethodField(
+        help_text="Why the order is in its status, in English (empty when there is nothing to say)."
+    )
+    status_reason_code = serializers.CharField(
+        source="status_reason",
+        help_text=f"The same as a stable code, empty or one of: {', '.join(OrderReason.values)}.",
+    )
 
     class Meta:
         model = Order
         fields = [
-            "id", "term", "status", "status_reason", "offer", "accelerators", "kind", "min_memory_mib",
-            "devices_per_node", "node_count", "region", "software", "min_reliability", "price_limit",
+            "id", "term", "status", "status_reason", "status_reason_code", "offer", "accelerators", "kind",
+            "min_memory_mib", "devices_per_node", "node_count", "region", "software", "min_reliability", "price_limit",
             "currency", "window_start", "window_end", "restart_on_failure", "job", "allocations", "jobs",
             "matched_at", "ended_at", "created_at", "updated_at",
         ]  # fmt: skip
+
+    def get_status_reason(self, order: Order) -> str:
+        return order_reason_english(code=order.status_reason, params=order.status_params)
 
     def get_job(self, order: Order) -> dict[str, Any]:
         return {"image": order.image, "command": order.command, "env": order.env, "ports": order.ports,

@@ -4,6 +4,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
@@ -35,7 +36,9 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int, maxim
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationFailed(f"{name} must be an integer.", fields={name: "An integer."}) from None
+        raise ValidationFailed(
+            _("%(name)s must be a whole number.") % {"name": name}, fields={name: _("A whole number.")}
+        ) from None
     return max(minimum, min(value, maximum))
 
 

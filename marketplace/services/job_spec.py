@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
 from core.errors import ValidationFailed
 from marketplace.services.jobs import JobSpec
 
@@ -24,6 +28,7 @@ IMAGE_RE = re.compile(
 )
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
+EXAMPLE_IMAGE = "nvcr.io/nvidia/pytorch:24.05-py3"
 MAX_IMAGE_LENGTH = 255
 MAX_COMMAND_ARGS = 64
 MAX_COMMAND_BYTES = 16 * 1024
@@ -33,20 +38,20 @@ MAX_PORTS = 16
 RUNTIMES = ("docker", "process")
 
 # Keys container tools know that would break isolation; named so the refusal can say why.
-FORBIDDEN_KEYS = {
-    "privileged": "privileged containers are not allowed",
-    "cap_add": "adding capabilities is not allowed",
-    "capabilities": "adding capabilities is not allowed",
-    "devices": "devices are assigned by the exchange, not the job spec",
-    "volumes": "host mounts are not allowed",
-    "mounts": "host mounts are not allowed",
-    "binds": "host mounts are not allowed",
-    "network_mode": "host networking is not allowed",
-    "network": "host networking is not allowed",
-    "pid": "sharing the host PID namespace is not allowed",
-    "ipc": "sharing the host IPC namespace is not allowed",
-    "security_opt": "security options are set by the exchange",
-    "user": "the container user is set by the image",
+FORBIDDEN_KEYS: dict[str, Promise] = {
+    "privileged": gettext_lazy("Privileged containers are not allowed."),
+    "cap_add": gettext_lazy("Adding capabilities is not allowed."),
+    "capabilities": gettext_lazy("Adding capabilities is not allowed."),
+    "devices": gettext_lazy("Devices are assigned by the exchange, not the job spec."),
+    "volumes": gettext_lazy("Host mounts are not allowed."),
+    "mounts": gettext_lazy("Host mounts are not allowed."),
+    "binds": gettext_lazy("Host mounts are not allowed."),
+    "network_mode": gettext_lazy("Host networking is not allowed."),
+    "network": gettext_lazy("Host networking is not allowed."),
+    "pid": gettext_lazy("Sharing the host PID namespace is not allowed."),
+    "ipc": gettext_lazy("Sharing the host IPC namespace is not allowed."),
+    "security_opt": gettext_lazy("Security options are set by the exchange."),
+    "user": gettext_lazy("The container user is set by the image."),
 }
 ALLOWED_KEYS = {"image", "command", "env", "ports", "runtime"}
 
@@ -54,70 +59,73 @@ ALLOWED_KEYS = {"image", "command", "env", "ports", "runtime"}
 def job_spec_parse(raw: Any) -> JobSpec:
     """Validate a job spec (a JSON object) and return it, or raise ValidationFailed with field errors."""
     if not isinstance(raw, dict):
-        raise ValidationFailed("The job spec must be an object.", fields={"job": "Expected an object."})
+        raise ValidationFailed(_("The job spec must be an object."), fields={"job": _("Expected an object.")})
     errors: dict[str, list[str]] = {}
 
     for key in raw:
         if key in FORBIDDEN_KEYS:
-            errors.setdefault(f"job.{key}", []).append(FORBIDDEN_KEYS[key].capitalize() + ".")
+            errors.setdefault(f"job.{key}", []).append(str(FORBIDDEN_KEYS[key]))
         elif key not in ALLOWED_KEYS:
             errors.setdefault(f"job.{key}", []).append(
-                f"Unknown field; a job spec has only {', '.join(sorted(ALLOWED_KEYS))}."
+                _("Unknown field; a job spec has only %(fields)s.")
+                % {"fields": ", ".join(sorted(ALLOWED_KEYS))}
             )
 
     runtime = raw.get("runtime", "docker")
     if runtime not in RUNTIMES:
-        errors["job.runtime"] = [f"Choose one of {', '.join(RUNTIMES)}."]
+        errors["job.runtime"] = [_("Choose one of %(choices)s.") % {"choices": ", ".join(RUNTIMES)}]
 
     image = raw.get("image", "")
     if not isinstance(image, str) or not image:
         if runtime == "docker" or image not in ("", None):
-            errors["job.image"] = ["An image reference is required, like nvcr.io/nvidia/pytorch:24.05-py3."]
+            errors["job.image"] = [
+                _("An image reference is required, like %(example)s.") % {"example": EXAMPLE_IMAGE}
+            ]
         image = ""
     elif len(image) > MAX_IMAGE_LENGTH or not IMAGE_RE.match(image):
-        errors["job.image"] = ["Not a valid image reference (registry/name:tag or name@sha256:...)."]
+        errors["job.image"] = [_("Not a valid image reference (registry/name:tag or name@sha256:...).")]
 
     command = raw.get("command", [])
     if isinstance(command, str):
-        errors["job.command"] = ['Give the command as a list of arguments, e.g. ["python", "train.py"].']
+        errors["job.command"] = [_('Give the command as a list of arguments, e.g. ["python", "train.py"].')]
         command = []
     elif not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
-        errors["job.command"] = ["Must be a list of strings."]
+        errors["job.command"] = [_("Must be a list of strings.")]
         command = []
     elif len(command) > MAX_COMMAND_ARGS:
-        errors["job.command"] = [f"At most {MAX_COMMAND_ARGS} arguments."]
+        errors["job.command"] = [_("At most %(count)s arguments.") % {"count": MAX_COMMAND_ARGS}]
     elif sum(len(arg.encode()) for arg in command) > MAX_COMMAND_BYTES:
-        errors["job.command"] = [f"At most {MAX_COMMAND_BYTES // 1024} KiB in all."]
+        errors["job.command"] = [_("At most %(kib)s KiB in all.") % {"kib": MAX_COMMAND_BYTES // 1024}]
     elif any("\x00" in arg for arg in command):
-        errors["job.command"] = ["Arguments may not contain NUL characters."]
+        errors["job.command"] = [_("Arguments may not contain NUL characters.")]
     if runtime == "process" and not command:
-        errors.setdefault("job.command", []).append("The process runtime needs a command.")
+        errors.setdefault("job.command", []).append(_("The process runtime needs a command."))
 
     env = raw.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        errors["job.env"] = ["Must be an object of string values."]
+        errors["job.env"] = [_("Must be an object of string values.")]
         env = {}
     else:
         bad = [name for name in env if not ENV_NAME_RE.match(str(name))]
         if bad:
-            errors["job.env"] = [f"Invalid variable name {bad[0]!r}."]
+            errors["job.env"] = [_("Invalid variable name %(name)s.") % {"name": repr(bad[0])}]
         elif len(env) > MAX_ENV_VARS:
-            errors["job.env"] = [f"At most {MAX_ENV_VARS} variables."]
+            errors["job.env"] = [_("At most %(count)s variables.") % {"count": MAX_ENV_VARS}]
         elif sum(len(k) + len(v.encode()) for k, v in env.items()) > MAX_ENV_BYTES:
-            errors["job.env"] = [f"At most {MAX_ENV_BYTES // 1024} KiB in all."]
+            errors["job.env"] = [_("At most %(kib)s KiB in all.") % {"kib": MAX_ENV_BYTES // 1024}]
         elif any("\x00" in v for v in env.values()):
-            errors["job.env"] = ["Values may not contain NUL characters."]
+            errors["job.env"] = [_("Values may not contain NUL characters.")]
 
     ports = raw.get("ports", [])
     if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
-        errors["job.ports"] = ["Must be a list of port numbers."]
+        errors["job.ports"] = [_("Must be a list of port numbers.")]
         ports = []
     elif len(ports) > MAX_PORTS:
-        errors["job.ports"] = [f"At most {MAX_PORTS} ports."]
+        errors["job.ports"] = [_("At most %(count)s ports.") % {"count": MAX_PORTS}]
     elif any(not 1 <= p <= 65535 for p in ports):
-        errors["job.ports"] = ["Ports are between 1 and 65535."]
+        errors["job.ports"] = [_("Ports are between 1 and 65535.")]
     elif len(set(ports)) != len(ports):
-        errors["job.ports"] = ["Ports must be distinct."]
+        errors["job.ports"] = [_("Ports must be distinct.")]
 
     if errors:
         first_field, messages = next(iter(errors.items()))

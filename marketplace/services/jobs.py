@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from core.errors import CapacityUnavailable, InvalidTransition, NotFound, ValidationFailed
 from marketplace.models import JOB_ENDED, JOB_LIVE, TRANSITIONS, Job, JobStatus, Order, Runtime, StopReason
@@ -43,19 +44,19 @@ class JobSpec:
     def validate(self) -> None:
         fields: dict[str, str] = {}
         if self.runtime not in Runtime.values:
-            fields["runtime"] = f"Choose from {', '.join(Runtime.values)}."
+            fields["runtime"] = _("Choose one of %(choices)s.") % {"choices": ", ".join(Runtime.values)}
         if self.runtime == Runtime.DOCKER and not self.image.strip():
-            fields["image"] = "A docker job needs an image."
+            fields["image"] = _("A docker job needs an image.")
         if self.runtime == Runtime.PROCESS and not self.command:
-            fields["command"] = "A process job needs a command."
+            fields["command"] = _("The process runtime needs a command.")
         if not all(isinstance(part, str) for part in self.command):
-            fields["command"] = "A list of strings."
+            fields["command"] = _("Must be a list of strings.")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
-            fields["env"] = "An object of strings."
+            fields["env"] = _("Must be an object of string values.")
         if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in self.ports):
-            fields["ports"] = "A list of TCP ports (1-65535)."
+            fields["ports"] = _("Ports are between 1 and 65535.")
         if fields:
-            raise ValidationFailed("Invalid job spec.", fields=fields)
+            raise ValidationFailed(_("Invalid job spec."), fields=fields)
 
 
 def lock_order_of(*, job_id: int) -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from core.errors import ValidationFailed
 from core.money import format_amount
@@ -30,8 +31,10 @@ def _primary_accelerator(node: Node) -> tuple[int, int]:
     """The node's accelerator model (the most common among its devices) and its device count."""
     ids = list(Device.objects.filter(node=node).values_list("accelerator_id", flat=True))
     if not ids:
-        raise ValidationFailed("This node reported no devices.", fields={"node": "No devices."})
-    accelerator_id, _ = Counter(ids).most_common(1)[0]
+        raise ValidationFailed(
+            _("This node reported no devices."), fields={"node": _("This node reported no devices.")}
+        )
+    accelerator_id, _count = Counter(ids).most_common(1)[0]
     return accelerator_id, len(ids)
 
 
@@ -78,28 +81,28 @@ def offer_update(*, node: Node, change: OfferChange) -> Offer:
         for name in ("on_demand_price_micros", "reserved_price_micros", "spot_floor_micros"):
             value = getattr(offer, name)
             if value < 0:
-                errors[name.removesuffix("_micros")] = "Must not be negative."
+                errors[name.removesuffix("_micros")] = _("Must not be negative.")
             elif value > MAX_PRICE_MICROS:
-                errors[name.removesuffix("_micros")] = (
-                    f"At most {format_amount(MAX_PRICE_MICROS)} per device-hour."
-                )
+                errors[name.removesuffix("_micros")] = _("At most %(max)s per device-hour.") % {
+                    "max": format_amount(MAX_PRICE_MICROS)
+                }
         if offer.min_rental_minutes < 1:
-            errors["min_rental_minutes"] = "At least 1 minute."
+            errors["min_rental_minutes"] = _("At least 1 minute.")
         if offer.max_rental_hours < 1 or offer.max_rental_hours > 24 * 366:
-            errors["max_rental_hours"] = "Between 1 hour and a year."
+            errors["max_rental_hours"] = _("Between 1 hour and a year.")
         elif offer.min_rental_minutes > offer.max_rental_hours * 60:
-            errors["min_rental_minutes"] = "Longer than the maximum rental."
+            errors["min_rental_minutes"] = _("Longer than the maximum rental.")
         if offer.listed and not errors:
             if offer.on_demand_price_micros == 0:
-                errors["on_demand_price"] = "Set a price before listing."
+                errors["on_demand_price"] = _("Set a price before listing.")
             if offer.spot_floor_micros == 0:
-                errors["spot_floor"] = "Set a spot floor before listing."
+                errors["spot_floor"] = _("Set a spot floor before listing.")
             if offer.spot_floor_micros > offer.on_demand_price_micros:
-                errors["spot_floor"] = "The spot floor cannot exceed the on-demand price."
+                errors["spot_floor"] = _("The spot floor cannot exceed the on-demand price.")
             if offer.reserved_price_micros > offer.on_demand_price_micros:
-                errors["reserved_price"] = "The reserved price cannot exceed the on-demand price."
+                errors["reserved_price"] = _("The reserved price cannot exceed the on-demand price.")
             if node.status == NodeStatus.RETIRED:
-                errors["listed"] = "A retired node cannot be listed."
+                errors["listed"] = _("A retired node cannot be listed.")
         if errors:
             first, message = next(iter(errors.items()))
             raise ValidationFailed(f"{first}: {message}", fields=errors)

@@ -14,6 +14,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from billing.services import hold_place as billing_hold_place
 from billing.services import hold_release, reservation_cancel
@@ -27,6 +29,7 @@ from marketplace.models import (
     JobStatus,
     Offer,
     Order,
+    OrderReason,
     OrderStatus,
     StopReason,
     Term,
@@ -84,56 +87,78 @@ def order_transition(*, order: Order, to: str, **changes: Any) -> Order:
 
 
 def _validate(request: OrderRequest, now: datetime) -> dict[str, str]:
+    """Field errors of ``request``, in the active language (the portal's or the API caller's)."""
     errors: dict[str, str] = {}
     if request.term not in Term.values:
-        errors["term"] = f"Choose one of {', '.join(Term.values)}."
+        errors["term"] = _("Choose one of %(choices)s.") % {"choices": ", ".join(Term.values)}
     if not 1 <= request.devices_per_node <= MAX_DEVICES_PER_NODE:
-        errors["devices_per_node"] = f"Between 1 and {MAX_DEVICES_PER_NODE}."
+        errors["devices_per_node"] = _("Between 1 and %(max)s.") % {"max": MAX_DEVICES_PER_NODE}
     if not 1 <= request.node_count <= MAX_NODES:
-        errors["node_count"] = f"Between 1 and {MAX_NODES}."
+        errors["node_count"] = _("Between 1 and %(max)s.") % {"max": MAX_NODES}
     if not 0 < request.price_limit_micros <= MAX_PRICE_MICROS:
-        errors["price_limit"] = f"Between 0 and {format_amount(MAX_PRICE_MICROS)} per device-hour."
+        errors["price_limit"] = _("More than 0 and at most %(max)s per device-hour.") % {
+            "max": format_amount(MAX_PRICE_MICROS)
+        }
     if request.kind and request.kind not in DeviceKind.values:
-        errors["kind"] = f"Choose one of {', '.join(DeviceKind.values)}."
+        errors["kind"] = _("Choose one of %(choices)s.") % {"choices": ", ".join(DeviceKind.values)}
     if request.accelerator_ids:
         known = set(
             AcceleratorModel.objects.filter(pk__in=request.accelerator_ids).values_list("pk", flat=True)
         )
         unknown = [str(a) for a in request.accelerator_ids if a not in known]
         if unknown:
-            errors["accelerators"] = f"Unknown accelerator model(s): {', '.join(unknown)}."
+            errors["accelerators"] = _("Unknown accelerator models: %(ids)s.") % {"ids": ", ".join(unknown)}
     if not Decimal(0) <= request.min_reliability <= Decimal(1):
-        errors["min_reliability"] = "A score between 0 and 1."
+        errors["min_reliability"] = _("A score between 0 and 1.")
     try:
         parse_software_spec(request.software_spec)
-    except SoftwareSpecError as exc:
-        errors["software"] = str(exc)
+    except SoftwareSpecError:
+        errors["software"] = _(
+            "“%(spec)s” is not a list of requirements like “cuda>=12.1, driver>=550” "
+            "(comparisons: >=, >, ==, <=, <)."
+        ) % {"spec": request.software_spec}
     if request.term == Term.RESERVED:
         start, end = request.window_start, request.window_end
         if start is None or end is None:
-            errors["window"] = "A reserved order needs window_start and window_end."
+            errors["window"] = _("A reserved order needs window_start and window_end.")
         elif start < now - timedelta(minutes=1):
-            errors["window_start"] = "The window must start in the future."
+            errors["window_start"] = _("The window must start in the future.")
         elif end - start < timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S):
-            minimum = settings.SUANLI_MIN_RESERVATION_S
-            errors["window_end"] = (
-                f"A reservation lasts at least {minimum // 60} minutes."
-                if minimum % 60 == 0
-                else f"A reservation lasts at least {minimum} seconds."
-            )
+            errors["window_end"] = min_reservation_message()
         elif end - start > MAX_RESERVATION:
-            errors["window_end"] = f"A reservation lasts at most {MAX_RESERVATION.days} days."
+            errors["window_end"] = _("A reservation lasts at most %(days)s days.") % {
+                "days": MAX_RESERVATION.days
+            }
     elif request.window_start or request.window_end:
-        errors["window"] = "Only reserved orders take a window."
+        errors["window"] = _("Only reserved orders take a window.")
     if request.offer_id is not None:
         if request.node_count != 1:
-            errors["node_count"] = "An order for a specific offer is for that one node."
+            errors["node_count"] = _("An order for a specific offer is for that one node.")
         offer = Offer.objects.filter(pk=request.offer_id, listed=True).first()
         if offer is None:
-            errors["offer"] = "No such listed offer."
+            errors["offer"] = _("No such listed offer.")
         elif request.devices_per_node > offer.device_count:
-            errors["devices_per_node"] = f"That node has {offer.device_count} devices."
+            errors["devices_per_node"] = ngettext(
+                "That node has %(count)s device.", "That node has %(count)s devices.", offer.device_count
+            ) % {"count": offer.device_count}
     return errors
+
+
+def min_reservation_message() -> str:
+    """The shortest reservation (``SUANLI_MIN_RESERVATION_S``) in words, in the active language."""
+    minimum = settings.SUANLI_MIN_RESERVATION_S
+    if minimum % 60 == 0:
+        minutes = minimum // 60
+        return ngettext(
+            "A reservation lasts at least %(count)s minute.",
+            "A reservation lasts at least %(count)s minutes.",
+            minutes,
+        ) % {"count": minutes}
+    return ngettext(
+        "A reservation lasts at least %(count)s second.",
+        "A reservation lasts at least %(count)s seconds.",
+        minimum,
+    ) % {"count": minimum}
 
 
 def _hold_amount(request: OrderRequest) -> int:
@@ -159,14 +184,14 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
     """
     if not idempotency_key or len(idempotency_key) > 128:
         raise ValidationFailed(
-            "An Idempotency-Key header (at most 128 characters) is required.",
-            fields={"idempotency_key": "Required, at most 128 characters."},
+            _("An Idempotency-Key header (at most 128 characters) is required."),
+            fields={"idempotency_key": _("Required, at most 128 characters.")},
         )
     fingerprint = request.fingerprint()
     existing = Order.objects.filter(buyer=buyer, idempotency_key=idempotency_key).first()
     if existing is not None:
         if existing.request_hash != fingerprint:
-            raise Conflict("This Idempotency-Key was used for a different order.")
+            raise Conflict(_("This Idempotency-Key was used for a different order."))
         return existing, False
 
     now = timezone.now()
@@ -205,11 +230,20 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
             try:
                 hold = billing_hold_place(buyer=buyer, amount_micros=amount, reference=f"order:{order.pk}")
             except InsufficientFunds:
+                needs = (
+                    _(
+                        "This order needs %(amount)s %(currency)s set aside (the whole window at your price "
+                        "limit); top up your wallet or lower the price limit."
+                    )
+                    if request.term == Term.RESERVED
+                    else _(
+                        "This order needs %(amount)s %(currency)s set aside (one hour at your price limit); "
+                        "top up your wallet or lower the price limit."
+                    )
+                )
                 raise InsufficientFunds(
-                    f"This order needs {format_amount(amount)} set aside "
-                    f"({'the whole window' if request.term == Term.RESERVED else 'one hour'} at your price "
-                    "limit); top up your wallet or lower the price limit.",
-                    fields={"price_limit": "More than your available balance covers."},
+                    needs % {"amount": format_amount(amount), "currency": settings.SUANLI_CURRENCY},
+                    fields={"price_limit": _("More than your available balance covers.")},
                 ) from None
             order.hold_id = hold.pk
             order.save(update_fields=["hold_id"])
@@ -220,7 +254,7 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
         if existing is None:
             raise
         if existing.request_hash != fingerprint:
-            raise Conflict("This Idempotency-Key was used for a different order.") from None
+            raise Conflict(_("This Idempotency-Key was used for a different order.")) from None
         return existing, False
     log.info("order.placed order_id=%s term=%s buyer_id=%s", order.pk, order.term, buyer.pk)
     return order, True
@@ -235,7 +269,7 @@ def _trigger_matching() -> None:
 def order_get_for_buyer(*, buyer: User, order_id: int) -> Order:
     order = Order.objects.filter(pk=order_id, buyer=buyer).first()
     if order is None:
-        raise NotFound("No such order.")
+        raise NotFound(_("No such order."))
     return order
 
 
@@ -253,7 +287,11 @@ def order_cancel(*, order: Order) -> Order:
         now = timezone.now()
         if order.status == OrderStatus.OPEN:
             order_transition(
-                order=order, to=OrderStatus.CANCELLED, ended_at=now, status_reason="cancelled by buyer"
+                order=order,
+                to=OrderStatus.CANCELLED,
+                ended_at=now,
+                status_reason=OrderReason.CANCELLED_BY_BUYER,
+                status_params={},
             )
             _release_money(order)
             return order
@@ -274,11 +312,15 @@ def order_cancel(*, order: Order) -> Order:
             for job in jobs:
                 job_stop_request(job=job, reason=StopReason.BUYER)
             order_transition(
-                order=order, to=OrderStatus.CANCELLED, ended_at=now, status_reason="cancelled by buyer"
+                order=order,
+                to=OrderStatus.CANCELLED,
+                ended_at=now,
+                status_reason=OrderReason.CANCELLED_BY_BUYER,
+                status_params={},
             )
             return order
-        order.status_reason = "stopping at the buyer's request"
-        order.save(update_fields=["status_reason", "updated_at"])
+        order.status_reason, order.status_params = OrderReason.STOPPING_FOR_BUYER, {}
+        order.save(update_fields=["status_reason", "status_params", "updated_at"])
     for job in jobs:
         job_stop_request(job=job, reason=StopReason.BUYER)
     return order
@@ -324,7 +366,7 @@ def orders_expire_reserved(*, now: datetime | None = None) -> list[int]:
                 continue
             order_transition(
                 order=order, to=OrderStatus.FAILED, ended_at=now,
-                status_reason="no capacity was found before the reserved window passed",
+                status_reason=OrderReason.RESERVED_WINDOW_PASSED, status_params={},
             )  # fmt: skip
             _release_money(order)
         expired.append(order_id)

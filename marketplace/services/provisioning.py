@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -29,6 +30,7 @@ from marketplace.models import (
     Job,
     JobStatus,
     Order,
+    OrderReason,
     OrderStatus,
     StopReason,
     Term,
@@ -107,19 +109,28 @@ def _on_ended(job: Job, order: Order) -> None:
     if order.status not in (OrderStatus.ALLOCATED, OrderStatus.RUNNING):
         return
     if job.status == JobStatus.LOST and order.restart_on_failure and order.term != Term.RESERVED:
-        _requeue(order, reason="node lost; waiting for capacity again")
+        _requeue(order, reason=OrderReason.REQUEUED_NODE_LOST)
         return
     final = (
         OrderStatus.FAILED if job.status == JobStatus.FAILED and job.started_at is None else OrderStatus.ENDED
     )
-    reason = {
-        JobStatus.EXITED: f"job exited with code {job.exit_code}",
-        JobStatus.FAILED: job.message[:200] or "job failed",
-        JobStatus.STOPPED: "stopped",
-        JobStatus.PREEMPTED: f"preempted ({job.preemption_reason or 'capacity needed'})",
-        JobStatus.LOST: "the node went offline",
-    }.get(JobStatus(job.status), "")
-    order_transition(order=order, to=final, ended_at=ended_at, status_reason=reason)
+    reason, params = _end_reason(job)
+    order_transition(order=order, to=final, ended_at=ended_at, status_reason=reason, status_params=params)
+
+
+def _end_reason(job: Job) -> tuple[str, dict[str, Any]]:
+    """The ``OrderReason`` code (and its details) of an order whose last job ended as ``job``."""
+    if job.status == JobStatus.EXITED:
+        return OrderReason.JOB_EXITED, {"exit_code": job.exit_code}
+    if job.status == JobStatus.FAILED:
+        return OrderReason.JOB_FAILED, ({"message": job.message[:200]} if job.message else {})
+    if job.status == JobStatus.STOPPED:
+        return OrderReason.JOB_STOPPED, {}
+    if job.status == JobStatus.PREEMPTED:
+        return OrderReason.JOB_PREEMPTED, {"preemption": job.preemption_reason}
+    if job.status == JobStatus.LOST:
+        return OrderReason.NODE_LOST, {}
+    return "", {}
 
 
 def _open_hold(order: Order) -> Hold | None:
@@ -132,7 +143,7 @@ def _requeue(order: Order, *, reason: str) -> None:
     """Send an order back to the matcher with a fresh hold (the old one was used or released)."""
     from billing.services import hold_place
 
-    order_transition(order=order, to=OrderStatus.OPEN, status_reason=reason)
+    order_transition(order=order, to=OrderStatus.OPEN, status_reason=reason, status_params={})
     amount = order.price_limit_micros * order.devices_per_node * order.node_count
     try:
         hold = hold_place(
@@ -141,7 +152,9 @@ def _requeue(order: Order, *, reason: str) -> None:
             reference=f"order:{order.pk}:requeue:{order.updated_at.timestamp()}",
         )
     except Exception:  # noqa: BLE001 - InsufficientFunds: the order cannot wait on an empty wallet
-        order_transition(order=order, to=OrderStatus.FAILED, status_reason="wallet cannot cover a restart")
+        order_transition(
+            order=order, to=OrderStatus.FAILED, status_reason=OrderReason.RESTART_UNFUNDED, status_params={}
+        )
         return
     Order.objects.filter(pk=order.pk).update(hold_id=hold.pk)
 
@@ -222,7 +235,10 @@ def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
             if order is not None and order.status == OrderStatus.FAILED and order.term != Term.RESERVED:
                 # _on_ended failed it as "never started"; an unacknowledged assignment is retried.
                 Order.objects.filter(pk=order.pk).update(
-                    status=OrderStatus.OPEN, status_reason="re-queued: node did not respond", ended_at=None
+                    status=OrderStatus.OPEN,
+                    status_reason=OrderReason.REQUEUED_NO_ACK,
+                    status_params={},
+                    ended_at=None,
                 )
                 hold = Hold.objects.filter(pk=order.hold_id).first() if order.hold_id is not None else None
                 if hold is not None and hold.status != HoldStatus.OPEN:
@@ -237,7 +253,7 @@ def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
                         Order.objects.filter(pk=order.pk).update(hold_id=new_hold.pk)
                     except Exception:  # noqa: BLE001 - cannot re-hold: the order fails for good
                         Order.objects.filter(pk=order.pk).update(
-                            status=OrderStatus.FAILED, status_reason="wallet cannot cover a retry"
+                            status=OrderStatus.FAILED, status_reason=OrderReason.RETRY_UNFUNDED
                         )
         requeued.append(job.pk)
     return requeued

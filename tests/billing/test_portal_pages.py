@@ -122,3 +122,49 @@ def test_connect_onboarding_redirects_to_stripe_for_members_only(fake_stripe):
     assert (
         client_for(stranger).post("/provider/payouts/onboard/", {"provider": provider.pk}).status_code == 404
     )
+
+
+def zh_client_for(user) -> Client:  # type: ignore[no-untyped-def]
+    client = client_for(user)
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    return client
+
+
+def test_a_statement_reads_in_chinese_on_a_zh_page():
+    buyer = make_user("buyer")
+    fund(buyer, 100_000_000)
+    closed_lease(buyer, job_id=7, hours=1)
+    invoice = statement_build(kind=StatementKind.BUYER_INVOICE, period_start=timezone.now().date(),
+                              currency="USD", user_id=buyer.pk)  # fmt: skip
+    body = zh_client_for(buyer).get(f"/billing/statements/{invoice.pk}.html").content.decode()
+    assert '<html lang="zh-Hans">' in body and "<h1>账单</h1>" in body and "<td>设备时长</td>" in body
+    for english in ("Period", "Draft", "Device-hours", "Total", "<td>lease</td>"):
+        assert english not in body
+    english = client_for(buyer).get(f"/billing/statements/{invoice.pk}.html").content.decode()
+    assert "<h1>Invoice</h1>" in english and "<td>Device time</td>" in english
+    csv_text = client_for(buyer).get(f"/billing/statements/{invoice.pk}.csv").content.decode()
+    assert csv_text.splitlines()[1].startswith("lease,")  # the CSV keeps its machine codes
+
+
+def test_a_top_up_stripe_cannot_take_says_why_in_chinese(fake_stripe):
+    fake_stripe.unavailable = True
+    client = zh_client_for(make_user("buyer"))
+    body = client.post(
+        "/wallet/top-up/", {"amount": "25.00", "idempotency_key": "tu"}, follow=True
+    ).content.decode()
+    assert "Stripe 暂时无法访问：" in body and "Stripe is unavailable" not in body
+
+
+def test_why_a_payout_failed_reads_in_chinese(fake_stripe):
+    from tests.providers.factories import ProviderFactory, member_of
+
+    provider = ProviderFactory(name="Huaxia")
+    member = member_of(provider)
+    Payout.objects.create(provider_id=provider.pk, amount_micros=1_000_000, currency="USD", status="failed",
+                          stripe_account_id="acct_x", failure_reason="transfer reversed")  # fmt: skip
+    Payout.objects.create(provider_id=provider.pk, amount_micros=2_000_000, currency="USD", status="failed",
+                          stripe_account_id="acct_x",
+                          failure_reason="Stripe rejected the request: No such destination: 'acct_x'")  # fmt: skip
+    body = zh_client_for(member).get("/provider/payouts/").content.decode()
+    assert "转账已被退回" in body and "Stripe 拒绝了请求：No such destination: &#x27;acct_x&#x27;" in body
+    assert "transfer reversed" not in body and "rejected the request" not in body

@@ -14,7 +14,16 @@ from billing.models import AccountKind, Hold, HoldStatus, Lease, LeaseStatus
 from billing.services import account_get, settle
 from core.errors import Conflict, InsufficientFunds, ValidationFailed
 from marketplace.matching.market import ReasonCode
-from marketplace.models import Allocation, AllocationSlot, Job, JobStatus, Order, OrderStatus, SpotPrice
+from marketplace.models import (
+    Allocation,
+    AllocationSlot,
+    Job,
+    JobStatus,
+    Order,
+    OrderReason,
+    OrderStatus,
+    SpotPrice,
+)
 from marketplace.services.job_spec import job_spec_parse
 from marketplace.services.jobs import JobSpec
 from marketplace.services.matching import matching_run, order_explain, spot_round
@@ -400,7 +409,7 @@ def test_reserved_order_that_finds_no_capacity_expires_and_its_hold_returns():
         assert orders_expire_reserved() == []
     order.refresh_from_db()
     assert order.status == OrderStatus.FAILED
-    assert "window passed" in order.status_reason
+    assert order.status_reason == OrderReason.RESERVED_WINDOW_PASSED
     assert Hold.objects.get(pk=order.hold_id).status == HoldStatus.RELEASED
     wallet = account_get(kind=AccountKind.BUYER_WALLET, user_id=buyer.pk)
     assert wallet.balance_micros == 100 * MICROS
