@@ -22,6 +22,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -50,6 +51,7 @@ from marketplace.services.matching import order_explain
 from marketplace.services.offers import OfferChange, offer_update
 from marketplace.services.orders import OrderRequest, order_cancel, order_place
 from providers.services import heartbeat_latest
+from providers.verification import verification_rows
 
 ORDERS_PER_PAGE = 20
 MARKET_ROWS = 100
@@ -566,7 +568,9 @@ def node_detail(request: HttpRequest, node_id: int) -> HttpResponse:
         "node": node,
         "devices": devices,
         "software": sorted((node.software or {}).items()),
-        "verification": sorted((node.verification or {}).items()),
+        "verification": verification_rows(node.verification or {}),
+        "verification_passed": bool((node.verification or {}).get("passed")),
+        "verification_checked_at": parse_datetime(str((node.verification or {}).get("checked_at") or "")),
         "util_points": [
             (p.bucket.strftime("%H:%M"), p.utilization_pct) for p in usage if p.utilization_pct is not None
         ],

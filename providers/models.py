@@ -136,6 +136,8 @@ class Node(TimeStampedModel):
         validators=[MinValueValidator(Decimal("1.00")), MaxValueValidator(Decimal("3.00"))],
         help_text="Declared power usage effectiveness of the data centre.",
     )
+    # What the agent reported, checked against the catalog at registration (providers.verification);
+    # ``verified_at`` is when every check passed (None: not verified, or a check failed).
     verification = models.JSONField(default=dict, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True, db_index=True)

@@ -35,6 +35,7 @@ from providers.models import (
     NodeStatus,
     Provider,
 )
+from providers.verification import node_verification
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,9 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
     creates the node, so a token registers at most one node even under concurrent use; a bad,
     used or expired token raises (4xx) and creates nothing. An invalid inventory or an unknown
     device model is rejected before the token is touched, so the provider can fix it and retry.
-    The credential ``nc_<prefix>_<secret>`` is returned once; only its SHA-256 is stored.
+    The credential ``nc_<prefix>_<secret>`` is returned once; only its SHA-256 is stored. The
+    report is verified against the catalog (``providers.verification``) and the result stored on
+    the node; ``verified_at`` is set only when every check passed.
     """
     name = name.strip()
     if not name or len(name) > Node._meta.get_field("name").max_length:  # type: ignore[operator]
@@ -250,6 +253,9 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
     accelerators = accelerators_for(inventory.devices)
 
     now = timezone.now()
+    verification = node_verification(
+        devices=inventory.devices, accelerators=accelerators, software=inventory.software, now=now
+    )
     prefix = secrets.token_hex(6)
     credential = f"nc_{prefix}_{secrets.token_urlsafe(32)}"
     try:
@@ -286,6 +292,8 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
                 disk_gib=host.disk_gib,
                 network=host.nics,
                 software=inventory.software,
+                verification=verification,
+                verified_at=now if verification["passed"] else None,
             )
             Device.objects.bulk_create(
                 Device(
@@ -312,10 +320,11 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
             ) from None
         raise
     log.info(
-        "node.registered node_id=%s provider_id=%s devices=%s",
+        "node.registered node_id=%s provider_id=%s devices=%s verified=%s",
         node.pk,
         node.provider_id,
         len(inventory.devices),
+        verification["passed"],
     )
     return RegisteredNode(node=node, credential=credential, heartbeat_interval=HEARTBEAT_INTERVAL_S)
 
