@@ -140,6 +140,9 @@ class Node(TimeStampedModel):
     # ``verified_at`` is when every check passed (None: not verified, or a check failed).
     verification = models.JSONField(default=dict, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
+    # Heartbeat coverage x job success over 30 days, refreshed by the marketplace (which also copies
+    # it to the node's offer); a new node starts at 0.6.
+    reliability = models.DecimalField(max_digits=4, decimal_places=3, default=Decimal("0.600"))
     last_heartbeat_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:

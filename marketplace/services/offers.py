@@ -51,6 +51,7 @@ def offer_sync(*, node: Node) -> Offer:
             "reserved_price_micros": 0,
             "spot_floor_micros": 0,
             "listed": False,
+            "reliability": node.reliability,
         },
     )
     if not created and (offer.accelerator_id, offer.device_count, offer.region) != (

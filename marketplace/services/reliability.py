@@ -1,7 +1,13 @@
-"""Reliability score per node: heartbeat coverage x job success over 30 days; new nodes 0.6."""
+"""Reliability score per node: heartbeat coverage x job success over 30 days; new nodes 0.6.
+
+The score lives on the node (``Node.reliability``, shown on the provider's pages whether or not
+the node has an offer) and is copied to its offer, which the market filters and sorts by.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -30,18 +36,27 @@ def reliability_score(*, coverage: Decimal, succeeded: int, failed: int) -> Deci
     return score.quantize(Decimal("0.001"), rounding=ROUND_HALF_EVEN)
 
 
-def node_coverage(node: Node, *, now: datetime) -> Decimal:
+def node_coverage(node: Node, *, now: datetime, lost_ended_at: Sequence[datetime] | None = None) -> Decimal:
     """Share of the window (or of the node's life, if younger) it was heard from.
 
     Heartbeat history is kept as the node's status; a node online now with its last heartbeat
     fresh counts as covered for its life so far, minus the time its jobs were lost to outages.
+    ``lost_ended_at``: when the node's lost jobs ended (read from the database when not given).
     """
     start = max(node.created_at, now - WINDOW)
     span = Decimal(max((now - start).total_seconds(), 1))
+    if lost_ended_at is None:
+        lost_ended_at = [
+            ended
+            for ended in Job.objects.filter(node=node, status=JobStatus.LOST).values_list(
+                "ended_at", flat=True
+            )
+            if ended is not None
+        ]
     lost_seconds = Decimal(0)
-    for job in Job.objects.filter(node=node, status=JobStatus.LOST, ended_at__gte=start):
-        ended = job.ended_at
-        assert ended is not None  # the filter on ended_at excludes nulls
+    for ended in lost_ended_at:
+        if ended < start:
+            continue
         # A lost job marks an outage from the last heartbeat until the node came back (or now).
         back = node.last_heartbeat_at if node.last_heartbeat_at and node.last_heartbeat_at > ended else now
         lost_seconds += Decimal(max((back - ended).total_seconds(), 0))
@@ -52,7 +67,11 @@ def node_coverage(node: Node, *, now: datetime) -> Decimal:
 
 
 def reliability_refresh(*, now: datetime | None = None) -> int:
-    """Recompute every offer's reliability score; returns how many changed."""
+    """Recompute every node's reliability score and copy it to the node's offer.
+
+    A node never heard from has no evidence yet and keeps the new-node score. Four queries plus
+    one update per changed node (and per offer out of step). Returns how many nodes changed.
+    """
     now = now or timezone.now()
     since = now - WINDOW
     counts = {
@@ -64,15 +83,24 @@ def reliability_refresh(*, now: datetime | None = None) -> int:
             bad=Count("id", filter=Q(status__in=[JobStatus.LOST, JobStatus.FAILED])),
         )
     }
+    lost: dict[int, list[datetime]] = defaultdict(list)
+    for node_id, ended_at in Job.objects.filter(status=JobStatus.LOST, ended_at__gte=since).values_list(
+        "node_id", "ended_at"
+    ):
+        if ended_at is not None:  # the filter on ended_at excludes nulls
+            lost[node_id].append(ended_at)
+    offers = dict(Offer.objects.values_list("node_id", "reliability"))
     changed = 0
-    for offer in Offer.objects.select_related("node"):
-        row = counts.get(offer.node_id, {"ok": 0, "bad": 0})
-        score = reliability_score(
-            coverage=node_coverage(offer.node, now=now), succeeded=row["ok"], failed=row["bad"]
-        )
-        if row["ok"] + row["bad"] == 0 and offer.node.last_heartbeat_at is not None:
-            score = max(score, NEW_NODE_SCORE) if score >= Decimal("0.9") else score
-        if score != offer.reliability:
-            Offer.objects.filter(pk=offer.pk).update(reliability=score)
+    for node in Node.objects.all().iterator():
+        if node.last_heartbeat_at is None:
+            score = NEW_NODE_SCORE
+        else:
+            row = counts.get(node.pk, {"ok": 0, "bad": 0})
+            coverage = node_coverage(node, now=now, lost_ended_at=lost.get(node.pk, []))
+            score = reliability_score(coverage=coverage, succeeded=row["ok"], failed=row["bad"])
+        if score != node.reliability:
+            Node.objects.filter(pk=node.pk).update(reliability=score)
             changed += 1
+        if node.pk in offers and offers[node.pk] != score:
+            Offer.objects.filter(node_id=node.pk).update(reliability=score)
     return changed

@@ -106,7 +106,7 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = [
             "id", "provider", "name", "region", "cluster", "status", "agent_version", "cpu_model",
             "cpu_cores", "memory_mib", "disk_gib", "network", "software", "pue", "verification", "verified_at",
-            "last_heartbeat_at", "created_at", "devices",
+            "reliability", "last_heartbeat_at", "created_at", "devices",
         ]  # fmt: skip
 
 
