@@ -405,7 +405,9 @@ def _commit(
             _write([rows])
             if locked.term == Term.RESERVED:
                 _book_reservation(locked, placement, rows.jobs)
-            order_transition(order=locked, to=OrderStatus.ALLOCATED, matched_at=now, status_reason="")
+            order_transition(
+                order=locked, to=OrderStatus.ALLOCATED, matched_at=now, status_reason="", status_params={}
+            )
             node_nudge(node_ids=rows.node_ids)
     except IntegrityError as exc:
         log.warning("matching.conflict order_id=%s error=%s", order.pk, exc)
@@ -485,7 +487,7 @@ def _commit_chunk(chunk: Sequence[_Rows], now: datetime) -> tuple[list[int], lis
         _write(live)
         assert OrderStatus.ALLOCATED in ORDER_TRANSITIONS[OrderStatus.OPEN]
         moved = Order.objects.filter(pk__in=sorted(still_open), status=OrderStatus.OPEN).update(
-            status=OrderStatus.ALLOCATED, matched_at=now, status_reason="", updated_at=now
+            status=OrderStatus.ALLOCATED, matched_at=now, status_reason="", status_params={}, updated_at=now
         )
         if moved != len(still_open):
             raise _Changed(f"{len(still_open) - moved} order(s) moved since they were locked")

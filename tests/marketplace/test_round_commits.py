@@ -20,6 +20,7 @@ from marketplace.models import (
     Job,
     JobStatus,
     Order,
+    OrderReason,
     OrderStatus,
 )
 from marketplace.services import matching
@@ -75,12 +76,17 @@ def test_one_round_places_every_on_demand_order_in_chunks(monkeypatch: pytest.Mo
         online_node(name=name, devices=8)
     buyer = funded_buyer()
     orders = [place(buyer, f"o{i}") for i in range(10)]
+    # One of them was re-queued earlier: its reason goes once it is matched again.
+    Order.objects.filter(pk=orders[3].pk).update(
+        status_reason=OrderReason.REQUEUED_NODE_LOST, status_params={"node": "gone"}
+    )
     with CaptureQueriesContext(connection) as queries:
         report = matching_run()
     assert report.placed == sorted(o.pk for o in orders) and report.conflicts == []
     for order in orders:
         order.refresh_from_db()
         assert order.status == OrderStatus.ALLOCATED and order.matched_at is not None
+        assert order.status_reason == "" and order.status_params == {}
         (allocation,) = Allocation.objects.filter(order=order)
         assert allocation.slots.count() == 2
         (job,) = Job.objects.filter(order=order)
