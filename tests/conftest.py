@@ -37,6 +37,20 @@ def django_db_setup(django_db_setup: None, django_db_blocker: object) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _default_language() -> Iterator[None]:
+    """Each test starts in the default language.
+
+    A request through LocaleMiddleware leaves its language active in the thread afterwards, so a
+    test that fetched a Chinese page would make the next test (a template rendered directly, say)
+    Chinese too.
+    """
+    from django.utils import translation
+
+    yield
+    translation.deactivate()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis(settings: object) -> None:
     """Each test starts with an empty Redis database (heartbeats, rate limits, cache)."""
     from core.redis import redis_client
