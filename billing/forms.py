@@ -20,7 +20,12 @@ class TopUpForm(NoLabelSuffix, forms.Form):
         decimal_places=2,
         help_text=_("Paid by card through Stripe Checkout; your wallet is credited when Stripe confirms."),
     )
-    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=128)
+    idempotency_key = forms.CharField(
+        label=_("Request key"),
+        widget=forms.HiddenInput,
+        max_length=128,
+        error_messages={"required": _("Missing; reload the page and submit the form again.")},
+    )
 
     def clean_amount(self) -> Decimal:
         amount: Decimal = self.cleaned_data["amount"]

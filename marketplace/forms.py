@@ -168,7 +168,12 @@ class OrderForm(NoLabelSuffix, forms.Form):
     ports = forms.CharField(
         label=_("Ports"), required=False, max_length=200, help_text=_("Comma-separated, e.g. 8888, 6006")
     )
-    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=128)
+    idempotency_key = forms.CharField(
+        label=_("Request key"),
+        widget=forms.HiddenInput,
+        max_length=128,
+        error_messages={"required": _("Missing; reload the page and submit the form again.")},
+    )
 
     def __init__(self, *args: Any, offer: Offer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

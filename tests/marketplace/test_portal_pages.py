@@ -324,3 +324,14 @@ def test_pricing_page_updates_prices_and_listing_through_the_service(django_asse
     assert bad.status_code == 400 and "cannot exceed the on-demand price" in bad.content.decode()
     assert client_for(stranger).post(f"/provider/pricing/{node.pk}/", {}).status_code == 404
     assert "sh-h100" not in client_for(stranger).get("/provider/pricing/").content.decode()
+
+
+def test_order_form_shows_an_error_on_its_hidden_request_key():
+    offer = Offer.objects.get(node=online_node(name="sh-h100"))
+    client = client_for(funded_buyer(100))
+    body = client.post(
+        f"/market/offers/{offer.pk}/order/",
+        {"term": "on_demand", "devices": "1", "price_limit": "2.50", "runtime": "docker", "image": "pytorch/pytorch:2.3"},
+    ).content.decode()  # fmt: skip
+    assert "<li>Request key: Missing; reload the page and submit the form again.</li>" in body
+    assert not Order.objects.exists()

@@ -47,3 +47,16 @@ def test_a_member_cannot_issue_a_token_for_someone_elses_provider():
     member = member_of(mine)
     response = client_for(member).post("/provider/nodes/join/", {"provider": theirs.pk, "region": "x"})
     assert response.status_code == 200 and not JoinToken.objects.exists()
+
+
+def test_an_error_on_the_hidden_provider_field_is_shown_above_the_form():
+    # With one provider the field is hidden; a tampered or stale value must not fail silently.
+    mine, theirs = ProviderFactory(), ProviderFactory()
+    client = client_for(member_of(mine))
+    body = client.post("/provider/nodes/join/", {"provider": theirs.pk, "region": "cn-east"}).content.decode()
+    assert 'type="hidden" name="provider"' in body
+    assert '<div role="alert"><ul class="errorlist nonfield"><li>Provider: Select a valid choice.' in body
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    body = client.post("/provider/nodes/join/", {"provider": theirs.pk}).content.decode()
+    assert "<li>供应商：选择一个有效的选项" in body
+    assert not JoinToken.objects.exists()
