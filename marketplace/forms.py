@@ -14,10 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 from django.utils.functional import Promise
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from core.errors import ValidationFailed
 from core.forms import NoLabelSuffix
@@ -26,7 +27,7 @@ from marketplace.models import MAX_PRICE_MICROS, Offer, Term
 from marketplace.selectors import OFFER_SORTS, OfferFilters
 from marketplace.services.job_spec import job_spec_parse
 from marketplace.services.jobs import JobSpec
-from marketplace.services.orders import MAX_RESERVATION, MIN_RESERVATION
+from marketplace.services.orders import MAX_RESERVATION, min_reservation_message
 from providers.models import DeviceKind, Vendor
 
 TERM_LABELS: dict[str, Promise] = {
@@ -231,10 +232,14 @@ class OrderForm(NoLabelSuffix, forms.Form):
             if start is not None and end is not None:
                 if start < timezone.now() - timedelta(minutes=1):
                     self.add_error("window_start", _("The window must start in the future."))
-                elif end - start < MIN_RESERVATION:
-                    self.add_error("window_end", _("A reservation lasts at least 10 minutes."))
+                elif end - start < timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S):
+                    self.add_error("window_end", min_reservation_message())
                 elif end - start > MAX_RESERVATION:
-                    self.add_error("window_end", _("A reservation lasts at most 31 days."))
+                    self.add_error(
+                        "window_end",
+                        gettext("A reservation lasts at most %(days)s days.")
+                        % {"days": MAX_RESERVATION.days},
+                    )
         else:
             data["window_start"] = data["window_end"] = None
         if not any(name in self.errors for name in ("runtime", "image", "command", "env", "ports")):

@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 MAX_DEVICES_PER_NODE = 64
 MAX_NODES = 16
 MAX_RESERVATION = timedelta(days=31)
-# The default shortest window; the service reads SUANLI_MIN_RESERVATION_S (tests shorten it).
-MIN_RESERVATION = timedelta(minutes=10)
 # On-demand and spot orders set aside this much of the buyer's wallet at the price limit; the
 # settlement loop then charges as time passes, and auto-stop keeps the debt within one interval.
 HOLD_HORIZON = timedelta(hours=1)

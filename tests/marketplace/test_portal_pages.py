@@ -335,3 +335,24 @@ def test_order_form_shows_an_error_on_its_hidden_request_key():
     ).content.decode()  # fmt: skip
     assert "<li>Request key: Missing; reload the page and submit the form again.</li>" in body
     assert not Order.objects.exists()
+
+
+@pytest.mark.parametrize(("minimum_s", "minutes", "error"), [
+    (600, 5, "A reservation lasts at least 10 minutes."),
+    (120, 1, "A reservation lasts at least 2 minutes."),
+    (120, 5, None),
+    (90, 1, "A reservation lasts at least 90 seconds."),
+])  # fmt: skip
+def test_order_form_checks_the_configured_minimum_reservation(settings, minimum_s, minutes, error):
+    settings.SUANLI_MIN_RESERVATION_S = minimum_s
+    offer = Offer.objects.get(node=online_node(name="sh-h100"))
+    client = client_for(funded_buyer(100))
+    start = timezone.now() + timedelta(hours=1)
+    check = client.post(
+        f"/market/offers/{offer.pk}/order/",
+        {"validate": "1", "term": "reserved", "devices": "1", "price_limit": "2.00", "runtime": "docker",
+         "image": "pytorch/pytorch:2.3", "idempotency_key": "k", "window_start": start.strftime("%Y-%m-%dT%H:%M"),
+         "window_end": (start + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M")},
+    ).json()  # fmt: skip
+    assert check["errors"].get("window_end") == ([error] if error else None)
+    assert check["valid"] is (error is None)
