@@ -82,9 +82,14 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+# A span's upper bound (relative to its device's base) for "until released": on-demand and spot
+# slots with no reservation after them. Not a time: 2^40 s is some 35,000 years away.
+OPEN_END = SPAN_DEVICE_STRIDE - 1
+
+
 def span_for(device_id: int, start: datetime, end: datetime | None) -> NumericRange:
     base = device_id * SPAN_DEVICE_STRIDE
-    upper = base + (epoch(end) if end is not None else SPAN_DEVICE_STRIDE - 1)
+    upper = base + (epoch(end) if end is not None else OPEN_END)
     return NumericRange(base + epoch(start), upper, "[)")
 
 
@@ -102,7 +107,7 @@ class LoadedMarket:
     ) -> dict[int, frozenset[int]]:
         """Devices with no live slot in ``[start, end)`` per node (offering ``runtime``, if given)."""
         lo = epoch(start)
-        hi = epoch(end) if end is not None else SPAN_DEVICE_STRIDE - 1
+        hi = epoch(end) if end is not None else OPEN_END
         free: dict[int, set[int]] = defaultdict(set)
         for node in self.nodes.values():
             if runtime is not None and runtime not in self.runtimes[node.id]:
@@ -731,7 +736,8 @@ def order_explain(*, order: Order) -> list[mk.Reason]:
     free = loaded.free_during(start, end, order.runtime)
     busy_until: dict[int, datetime] = {}
     for device_id, spans in loaded.booked.items():
-        current = [hi for lo, hi in spans if lo <= epoch(now) < hi]
+        # A slot held until released frees at no known time: the device is left out.
+        current = [hi for lo, hi in spans if lo <= epoch(now) < hi < OPEN_END]
         if current:
             busy_until[device_id] = datetime.fromtimestamp(min(current), UTC)
     nodes = tuple(loaded.nodes[n] for n in sorted(loaded.nodes) if order.runtime in loaded.runtimes[n])

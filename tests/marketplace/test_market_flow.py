@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -169,6 +171,23 @@ def test_why_not_matched_names_the_price_floor():
     reasons = order_explain(order=order)
     assert reasons[0].code == ReasonCode.PRICE_LIMIT_BELOW_FLOOR
     assert reasons[0].lowest_floor_micros == 2_500_000
+
+
+def test_why_not_matched_while_an_open_ended_job_holds_the_node():
+    # A running on-demand job holds its devices until released (no end time): the reason is
+    # "busy" with no time it frees at, and neither the service nor the pages fail on it.
+    online_node(name="n", devices=8)
+    buyer = funded_buyer(100)
+    order_place(buyer=buyer, request=on_demand(8), idempotency_key="a")
+    second, _ = order_place(buyer=buyer, request=on_demand(8), idempotency_key="b")
+    matching_run()
+    second.refresh_from_db()
+    assert second.status == OrderStatus.OPEN
+    (reason,) = order_explain(order=second)
+    assert reason.code == ReasonCode.CAPACITY_BUSY and reason.frees_at is None
+    client = Client()
+    client.force_login(buyer)
+    assert client.get(reverse("marketplace:order_detail", args=[second.pk])).status_code == 200
 
 
 def test_cancel_open_order_releases_the_hold():
