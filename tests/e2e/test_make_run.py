@@ -14,7 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import psycopg2
 import pytest
+
+from config.env import database_url_for, parse_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +40,30 @@ def get_json(url: str) -> tuple[int, object]:
         return 0, None
 
 
+SCRATCH_DB = "suanli_make_run_test"
+
+
+def scratch_database(url: str, *, drop_only: bool = False) -> str:
+    """(Re)create an empty database for the supervisor on ``url``'s server; its URL.
+
+    ``make run`` migrates and seeds whatever database it is given: never the developer's own.
+    """
+    db = parse_database_url(url)
+    admin = psycopg2.connect(
+        dbname="postgres", user=db["USER"] or None, password=db["PASSWORD"] or None,
+        host=db["HOST"] or None, port=db["PORT"] or None,
+    )  # fmt: skip
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)')
+            if not drop_only:
+                cursor.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+    finally:
+        admin.close()
+    return database_url_for({**db, "NAME": SCRATCH_DB})
+
+
 def test_runexchange_serves_a_live_demo_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -45,7 +72,10 @@ def test_runexchange_serves_a_live_demo_and_stops_cleanly_on_sigint(tmp_path: Pa
         "SUANLI_VAR_DIR": str(tmp_path / "var"),
         "PYTHONUNBUFFERED": "1",
     }
-    if not os.environ.get("DATABASE_URL"):
+    server_url = os.environ.get("DATABASE_URL")
+    if server_url:
+        env["DATABASE_URL"] = scratch_database(server_url)
+    else:
         # Embedded mode: use the test session's own embedded servers and leave them running.
         env["SUANLI_VAR_DIR"] = str(ROOT / "var" / "test")
     log = (tmp_path / "run.log").open("wb")
@@ -73,6 +103,8 @@ def test_runexchange_serves_a_live_demo_and_stops_cleanly_on_sigint(tmp_path: Pa
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
+        if server_url:
+            scratch_database(server_url, drop_only=True)
     output = (tmp_path / "run.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
     assert "stopped cleanly" in output
@@ -83,3 +115,20 @@ def test_runexchange_serves_a_live_demo_and_stops_cleanly_on_sigint(tmp_path: Pa
         and env["SUANLI_VAR_DIR"] in " ".join(p.info["cmdline"] or [])
     ]  # fmt: skip
     assert leftover_jobs == []
+
+
+def test_runexchange_names_an_unusable_database_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:9/suanli",  # port 9: nothing listens there
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),
+        "SUANLI_VAR_DIR": str(tmp_path / "var"),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "runexchange"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CommandError: cannot use the database:"), result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,7 +18,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import OperationalError
 
 from config import embedded
 from config.env import database_url_for
@@ -41,7 +42,13 @@ class Command(BaseCommand):
         embedded_db = not os.environ.get("DATABASE_URL")
         embedded_redis = not os.environ.get("REDIS_URL")
 
-        call_command("migrate", interactive=False, verbosity=0)
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        except OperationalError as exc:
+            # A wrong DATABASE_URL (no server, no such database, refused login): one line, not a
+            # traceback; nothing has been started yet.
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise CommandError(f"cannot use the database: {reason}") from exc
         call_command("loadcatalog")
         call_command("seeddemo")
 
