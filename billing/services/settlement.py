@@ -108,17 +108,28 @@ def _account_ids(
         for pk, provider_id, currency in cursor.fetchall():
             payable[(provider_id, currency)] = pk
     fee: dict[str, int] = {}
+    # (kind, currency, user id, provider id) of the accounts still to find or create.
+    wanted: set[tuple[str, str, int, int]] = set()
     for lease in leases:
         for kind in (AccountKind.BUYER_WALLET, AccountKind.RESERVATION_ESCROW):
-            key = (lease.buyer_id, lease.currency, kind.value)
-            if key not in buyer:
-                buyer[key] = account_get(kind=kind, currency=lease.currency, user_id=lease.buyer_id).pk
+            if (lease.buyer_id, lease.currency, kind.value) not in buyer:
+                wanted.add((kind.value, lease.currency, lease.buyer_id, 0))
         if (lease.provider_id, lease.currency) not in payable:
-            payable[(lease.provider_id, lease.currency)] = account_get(
-                kind=AccountKind.PROVIDER_PAYABLE, currency=lease.currency, provider_id=lease.provider_id
-            ).pk
-        if lease.currency not in fee:
-            fee[lease.currency] = account_get(kind=AccountKind.PLATFORM_FEE, currency=lease.currency).pk
+            wanted.add((AccountKind.PROVIDER_PAYABLE.value, lease.currency, 0, lease.provider_id))
+        wanted.add((AccountKind.PLATFORM_FEE.value, lease.currency, 0, 0))
+    # A missing account is created inside this chunk's transaction, so its unique-index entry stays
+    # locked until the chunk commits. Concurrent settlers therefore create them in one global order,
+    # as they lock rows: in any other order two of them can each wait for the other's insert.
+    for kind, currency, user_id, provider_id in sorted(wanted):
+        pk = account_get(
+            kind=kind, currency=currency, user_id=user_id or None, provider_id=provider_id or None
+        ).pk
+        if kind == AccountKind.PLATFORM_FEE:
+            fee[currency] = pk
+        elif kind == AccountKind.PROVIDER_PAYABLE:
+            payable[(provider_id, currency)] = pk
+        else:
+            buyer[(user_id, currency, kind)] = pk
     return buyer, payable, fee
 
 
