@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
+import psycopg2.errors
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg2.extras import NumericRange
 
@@ -400,7 +401,11 @@ def _commit(
     try:
         rows = _rows(order, placement, loaded, now, starts_at)
         with transaction.atomic():
-            locked = Order.objects.select_for_update().filter(pk=order.pk, status=OrderStatus.OPEN).first()
+            locked = (
+                Order.objects.select_for_update(no_key=True)
+                .filter(pk=order.pk, status=OrderStatus.OPEN)
+                .first()
+            )
             if locked is None:
                 return False
             _lock_nodes(rows.node_ids)
@@ -416,6 +421,13 @@ def _commit(
             node_nudge(node_ids=rows.node_ids)
     except IntegrityError as exc:
         log.warning("matching.conflict order_id=%s error=%s", order.pk, exc)
+        return False
+    except OperationalError as exc:
+        if not _retryable(exc):
+            raise
+        # PostgreSQL chose this commit as a deadlock's (or serialisation failure's) victim: rolled
+        # back whole, like any conflict, and retried next round.
+        log.warning("matching.deadlock order_id=%s error=%s", order.pk, exc)
         return False
     except _NoSlot as exc:
         log.warning("matching.no_slot order_id=%s error=%s", order.pk, exc)
@@ -461,7 +473,9 @@ def _commit_many(
         chunk = ready[start : start + COMMIT_CHUNK]
         try:
             done, gone = _commit_chunk(chunk, now)
-        except (IntegrityError, _Changed) as exc:
+        except (IntegrityError, OperationalError, _Changed) as exc:
+            if isinstance(exc, OperationalError) and not _retryable(exc):
+                raise
             log.warning("matching.chunk_conflict orders=%s error=%s", len(chunk), exc)
             for rows in chunk:
                 ok = _commit(rows.order, placements[rows.order.pk], loaded, now, {})
@@ -470,6 +484,11 @@ def _commit_many(
         placed += done
         conflicts += gone
     return placed, conflicts
+
+
+def _retryable(exc: OperationalError) -> bool:
+    """A deadlock or serialisation failure: the transaction was rolled back and may run again."""
+    return isinstance(exc.__cause__, (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure))
 
 
 class _Changed(Exception):
@@ -481,7 +500,7 @@ def _commit_chunk(chunk: Sequence[_Rows], now: datetime) -> tuple[list[int], lis
     with transaction.atomic():
         ids = sorted(rows.order.pk for rows in chunk)
         still_open = set(
-            Order.objects.select_for_update()
+            Order.objects.select_for_update(no_key=True)
             .filter(pk__in=ids, status=OrderStatus.OPEN)
             .order_by("pk")
             .values_list("pk", flat=True)
@@ -583,9 +602,15 @@ def _write(batch: Sequence[_Rows]) -> None:
 
 
 def _lock_nodes(node_ids: Sequence[int]) -> None:
-    """Lock the nodes' rows in id order (every placement path takes them in this order)."""
+    """Lock the nodes' rows in id order (every placement path takes them in this order).
+
+    ``FOR NO KEY UPDATE`` (as for the orders): it serialises placements with each other and with
+    every ``FOR UPDATE`` of the row, but not with other transactions' foreign-key checks on it (a
+    job event inserting a row that references the node): a plain ``FOR UPDATE`` blocked those
+    checks at their commit while they held the buyer's account rows this commit was waiting for.
+    """
     list(
-        Node.objects.select_for_update()
+        Node.objects.select_for_update(no_key=True)
         .filter(pk__in=sorted(node_ids))
         .order_by("pk")
         .values_list("pk", flat=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import psycopg2.errors
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg2.extras import NumericRange
@@ -157,3 +158,25 @@ def test_an_order_for_an_offer_lands_on_that_node_in_the_shared_round():
     assert set(Device.objects.filter(node=dear).values_list("pk", flat=True)) >= {
         slot.device_id for slot in AllocationSlot.objects.filter(allocation__order=pinned)
     }
+
+
+def test_a_deadlock_victim_is_a_conflict_retried_next_round(monkeypatch: pytest.MonkeyPatch):
+    # PostgreSQL aborts one side of a deadlock: the matcher must treat its aborted commit like any
+    # conflict (nothing written, the order still open, placed by the next round), not crash.
+    online_node(name="a", devices=8)
+    order = place(funded_buyer(), "o")
+    real_write = matching._write
+
+    def deadlocked(batch: Any) -> None:
+        try:
+            raise psycopg2.errors.DeadlockDetected("deadlock detected")
+        except psycopg2.errors.DeadlockDetected as cause:
+            raise OperationalError("deadlock detected") from cause
+
+    monkeypatch.setattr(matching, "_write", deadlocked)
+    report = matching_run()
+    assert report.placed == [] and report.conflicts == [order.pk]
+    order.refresh_from_db()
+    assert order.status == OrderStatus.OPEN and not Allocation.objects.filter(order=order).exists()
+    monkeypatch.setattr(matching, "_write", real_write)
+    assert matching_run().placed == [order.pk]
