@@ -5,7 +5,7 @@ software and reliability requirements; prices around the providers' floors) and 
 accelerator models, four regions, 1-8 devices, partly busy, some running spot jobs).
 
 * ``decisions_per_s``: orders decided (placed, or given reasons) per second by ``match_round`` on
-  the full market, index build and reasons included; the median of three rounds.
+  the full market, index build and reasons included; the median of five rounds.
 * ``quality``: matched value / LP bound. Matched value = the sum over placed orders of
   ``limit_micros x devices`` (the buyers' stated value per hour), plus ``bid x devices`` for
   running spot jobs that keep their devices. The bound is the LP relaxation (HiGHS) of the same
@@ -390,7 +390,7 @@ def main() -> None:
     parser.add_argument("--lp-orders", type=int, default=2_000)
     parser.add_argument("--lp-nodes", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=20250601)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--commit-orders", type=int, default=3_000)
     parser.add_argument("--commit-nodes", type=int, default=1_000)
     parser.add_argument("--no-commits", action="store_true", help="skip the PostgreSQL commit measurement")
