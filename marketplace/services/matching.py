@@ -346,12 +346,19 @@ def _commit_round(
     report.placed += placed
     report.conflicts += conflicts
     report.placed.sort()
-    for job_id, notice in preempt.items():
-        job = Job.objects.filter(pk=job_id).first()
-        if job is not None and not job.ended:
-            Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
-            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
-            report.preempted.append(job_id)
+    report.preempted += _stop_preempted(preempt)
+
+
+def _stop_preempted(notices: dict[int, mk.Preemption]) -> list[int]:
+    """Stop the round's preempted spot jobs with notice (those not ended since); their ids."""
+    stopped = []
+    for job_id, job in sorted(Job.objects.in_bulk(list(notices)).items()):
+        if job.ended:
+            continue
+        Job.objects.filter(pk=job_id).update(preemption_reason=notices[job_id].reason.value)
+        job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
+        stopped.append(job_id)
+    return stopped
 
 
 def placement_commit(
@@ -438,11 +445,7 @@ def _commit(
         # round for every order after it.
         log.warning("matching.refused order_id=%s error=%s", order.pk, exc)
         return False
-    for job_id, notice in preempt.items():
-        job = Job.objects.filter(pk=job_id).first()
-        if job is not None:
-            Job.objects.filter(pk=job_id).update(preemption_reason=notice.reason.value)
-            job_stop_request(job=job, reason=StopReason.PREEMPTION, notice=preemption_notice())
+    _stop_preempted(preempt)
     log.info(
         "order.matched order_id=%s nodes=%s price=%s", order.pk, rows.node_ids, placement.unit_price_micros
     )
@@ -590,15 +593,9 @@ def _write(batch: Sequence[_Rows]) -> None:
         for job in rows.jobs:
             job.order = rows.order
     Allocation.objects.bulk_create([a for rows in batch for a in rows.allocations])
-    # The slots and jobs were built with their unsaved allocation: re-assigning copies its new id.
-    slots = [slot for rows in batch for slot in rows.slots]
-    jobs = [job for rows in batch for job in rows.jobs]
-    for slot in slots:
-        slot.allocation = slot.allocation
-    for job in jobs:
-        job.allocation = job.allocation
-    AllocationSlot.objects.bulk_create(slots)
-    Job.objects.bulk_create(jobs)
+    # Slots and jobs were built with their then-unsaved allocation; bulk_create takes its new id.
+    AllocationSlot.objects.bulk_create([slot for rows in batch for slot in rows.slots])
+    Job.objects.bulk_create([job for rows in batch for job in rows.jobs])
 
 
 def _lock_nodes(node_ids: Sequence[int]) -> None:
