@@ -13,12 +13,8 @@ Screenshots of each page land in var/screenshots/.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,15 +30,14 @@ from billing.services import settle
 from core.money import parse_amount
 from marketplace.models import Job, JobStatus, Offer
 from marketplace.services.offers import OfferChange, offer_update
-from providers.agent.state import CREDENTIAL_FILE
 from providers.models import Node, NodeStatus
 from providers.services import heartbeats_flush, join_token_create
 from tests.providers.factories import ProviderFactory, ensure_catalog
 from tests.support.fake_stripe import event_payload, sign_event
+from tests.support.live import Agent, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.usefixtures("transactional_db")]
 
-AGENT = str(Path(sys.executable).parent / "suanli-agent")
 PASSWORD = "violet-lantern-harbour-58"
 # One line: the order form's command field is a single line, split like a shell does.
 TICKER = "import time; [(print(f'tick {i:03d}', flush=True), time.sleep(0.5)) for i in range(600)]"
@@ -117,62 +112,6 @@ TEXT = {
 }
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-class Agent:
-    """A real `suanli-agent` on simulated H100 hardware, with fast heartbeats and samples."""
-
-    def __init__(self, server: str, state_dir: Path, name: str) -> None:
-        self.server, self.state_dir, self.name = server, state_dir, name
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = state_dir.parent / f"{name}.log"
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def join(self, token: str) -> int:
-        result = subprocess.run(
-            [AGENT, "join", "--server", self.server, "--token", token, "--name", self.name,
-             "--state-dir", str(self.state_dir), "--simulate", "h100x8"],
-            env=self._env(), capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        return int(json.loads((self.state_dir / CREDENTIAL_FILE).read_text())["node_id"])
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [AGENT, "run", "--state-dir", str(self.state_dir), "--heartbeat-interval", "1",
-             "--sample-interval", "2", "--work-wait", "5"],
-            env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        for record in (self.state_dir / "jobs").glob("*.json"):
-            pid = json.loads(record.read_text()).get("pid")
-            if pid:
-                try:
-                    os.killpg(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-
 @pytest.fixture
 def agents(portal_server: Any, tmp_path: Path) -> Iterator[Callable[[str], Agent]]:
     started: list[Agent] = []
@@ -185,6 +124,7 @@ def agents(portal_server: Any, tmp_path: Path) -> Iterator[Callable[[str], Agent
     yield make
     for agent in started:
         agent.stop()
+        agent.kill_jobs()
 
 
 def node_online(node_id: int) -> bool:
