@@ -13,10 +13,14 @@ external tool to install). The database is dropped at the end (``--keep`` keeps 
   to refuse), rotating over a few filter combinations;
 * baseline: ``GET /api/agent/v1/ping`` (no authentication, no database).
 
-Prints one JSON line: {"offers", "rps", "p50_ms", "p99_ms", "baseline_rps", "ratio", ...}.
+The seed ends with ``offer_free_devices_refresh`` (as the beat would run it), so the offers are
+listed from their stored free-device counts. Prints one JSON line: {"offers", "rps", "p50_ms",
+"p99_ms", "baseline_rps", "ratio", ...}.
 Usage::
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... .venv/bin/python bench/api.py --duration 20
+
+(``--db-name`` names the bench database, so that two checkouts can run it on one server at once.)
 """
 
 from __future__ import annotations
@@ -48,9 +52,9 @@ QUERIES = [
 ]
 
 
-def bench_database_url(base: str) -> str:
+def bench_database_url(base: str, name: str = BENCH_DB) -> str:
     parts = urllib.parse.urlsplit(base)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def admin_execute(base: str, *statements: str) -> None:
@@ -121,6 +125,17 @@ def seed(count: int) -> None:
             )
         )  # fmt: skip
     Offer.objects.bulk_create(offers, batch_size=2000)
+    # What the beat's marketplace-offer-free-devices task does within seconds of any change: store
+    # each node's free-device count, so the list reads it instead of counting devices per offer.
+    from marketplace.services.offers import offer_free_devices_refresh
+
+    offer_free_devices_refresh()
+    # Planner statistics, as autovacuum would gather within a minute of the bulk load: without
+    # them the first seconds of the run are planned for empty tables.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 def _drive(args: tuple[str, list[str], float, float, int]) -> tuple[int, int, list[float]]:
@@ -203,14 +218,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2) // 2))
     parser.add_argument("--server-threads", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    # Two runs at once on one PostgreSQL server (two checkouts) must not drop each other's database.
+    parser.add_argument("--db-name", default=BENCH_DB, help="the bench database's name")
     args = parser.parse_args()
 
     base = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
     if not base or not redis_url:
         sys.exit("bench/api.py needs DATABASE_URL (its server hosts the bench database) and REDIS_URL")
-    database_url = bench_database_url(base)
-    admin_execute(base, f"DROP DATABASE IF EXISTS {BENCH_DB}", f"CREATE DATABASE {BENCH_DB}")
+    bench_db = args.db_name
+    database_url = bench_database_url(base, bench_db)
+    admin_execute(base, f"DROP DATABASE IF EXISTS {bench_db}", f"CREATE DATABASE {bench_db}")
     os.environ.update(DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE="config.settings")
     process = None
     try:
@@ -269,7 +287,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            admin_execute(base, f"DROP DATABASE IF EXISTS {BENCH_DB}")
+            admin_execute(base, f"DROP DATABASE IF EXISTS {bench_db}")
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ class LeaseKind(models.TextChoices):
     ON_DEMAND = "on_demand", "On-demand"
     SPOT = "spot", "Spot"
     RESERVED = "reserved", "Reserved"
+    # A persistent volume: ``device_count`` is its size in GiB, the rate is per GiB-hour.
+    VOLUME = "volume", "Volume"
 
 
 class LeaseStatus(models.TextChoices):
@@ -449,3 +451,41 @@ class Statement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.period_start:%Y-%m} {self.status}"
+
+
+# --- Spend controls ------------------------------------------------------------------------------
+
+
+class SpendControl(models.Model):
+    """A buyer's own limits: a monthly spend cap and a low-balance alert threshold (issue 13).
+
+    Written only by ``billing.services.spend``. The row is also the lock that serialises a
+    buyer's order placements against the cap (two concurrent orders cannot both slip under it).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="spend_control"
+    )
+    # None: no cap. What counts toward it: see ``billing.services.spend.spent_this_month``.
+    monthly_cap_micros = models.BigIntegerField(null=True, blank=True)
+    # None: no alert. One e-mail when the available balance falls below it, the next only after
+    # the balance has risen to it again (``low_balance_alerted_at`` is cleared then).
+    low_balance_threshold_micros = models.BigIntegerField(null=True, blank=True)
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(monthly_cap_micros__isnull=True) | models.Q(monthly_cap_micros__gte=0),
+                name="spend_cap_nonnegative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(low_balance_threshold_micros__isnull=True)
+                | models.Q(low_balance_threshold_micros__gte=0),
+                name="low_balance_threshold_nonnegative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"spend controls of user {self.user_id}"

@@ -8,6 +8,7 @@ crash or timeout never creates a second object at Stripe.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,17 @@ from django.utils.translation import gettext as _
 from core.errors import PaymentProviderError, ValidationFailed
 from core.money import from_minor_units, to_minor_units
 
+log = logging.getLogger(__name__)
+
 
 class StripeRejected(PaymentProviderError):
     """Stripe answered and said no: retrying the same request will not help."""
 
     code = "payment_provider_rejected"
+
+
+class StripeNotConfigured(PaymentProviderError):
+    """Stripe refused the exchange's own API key: an operator must fix ``STRIPE_SECRET_KEY``."""
 
 
 def client() -> stripe.StripeClient:
@@ -34,15 +41,26 @@ def client() -> stripe.StripeClient:
 
 
 def _call(fn: Any, params: dict[str, Any], idempotency_key: str | None = None) -> Any:
+    """Call Stripe; its errors become ``StripeRejected`` (final) or ``PaymentProviderError`` (retry).
+
+    The library's own text (host names, resolver and socket errors, request ids) goes to the log
+    only: the message raised is meant for the buyer or provider who sees it.
+    """
     options: dict[str, Any] = {"idempotency_key": idempotency_key} if idempotency_key else {}
     try:
         return fn(params=params, options=options)
     except (stripe.InvalidRequestError, stripe.CardError, stripe.PermissionError) as exc:
+        log.warning("stripe.rejected key=%s error=%s: %s", idempotency_key, type(exc).__name__, exc)
+        # Kept on a failed payout for operators; top-ups show their own message (topup_create).
         raise StripeRejected(f"Stripe rejected the request: {exc.user_message or exc}") from exc
-    except stripe.StripeError as exc:
-        raise PaymentProviderError(
-            _("Stripe is unavailable: %(detail)s") % {"detail": exc.user_message or exc}
+    except stripe.AuthenticationError as exc:
+        log.error("stripe.authentication_failed key=%s: %s (check STRIPE_SECRET_KEY)", idempotency_key, exc)
+        raise StripeNotConfigured(
+            _("Payments are not set up on this exchange (Stripe refused its key).")
         ) from exc
+    except stripe.StripeError as exc:
+        log.warning("stripe.unavailable key=%s error=%s: %s", idempotency_key, type(exc).__name__, exc)
+        raise PaymentProviderError(_("Stripe cannot be reached right now.")) from exc
 
 
 @dataclass(frozen=True)

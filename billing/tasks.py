@@ -9,15 +9,20 @@ from django.utils import timezone
 
 from billing import services
 from billing.services.settlement import CHUNK_SIZE
+from billing.services.spend import low_balance_alerts_send
 from config.celery_app import app
+from core.metrics import timed_settlement_run
 from core.tasks import SuanliTask
 
 
 @app.task(base=SuanliTask, name="billing.settle", soft_time_limit=240, time_limit=300)
+@timed_settlement_run
 def settle_task(until: str | None = None, chunk_size: int = CHUNK_SIZE) -> dict[str, Any]:
     """Settle every lease through ``until`` (ISO 8601; default: now). Idempotent per ``until``."""
     moment = datetime.fromisoformat(until) if until else timezone.now()
     result = services.settle(until=moment, chunk_size=chunk_size)
+    # Settlement is what lowers balances: check the low-balance alerts right after it.
+    low_balance_alerts_send()
     return {"leases": result.leases, "transactions": result.transactions}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from cli.client import (
     config_save,
     new_idempotency_key,
 )
-from cli.render import Progress, fields, price_chart, sparkline, table
+from cli.render import Progress, endpoint_rows, fields, price_chart, sparkline, ssh_argv, table
 
 EXIT_CODES = """\
 exit codes:
@@ -144,9 +145,9 @@ def cmd_offers(ctx: Context) -> int:
     ctx.emit(page, lambda: table(
         [(o["id"], o["accelerator"]["model"], o["free_devices"], o["device_count"], o["region"],
           f"{o[price_key]} {o['currency']}", o["price_per_pflop_hour"], o["kg_co2e_per_device_hour"],
-          o["reliability"], o["node"]["provider"]) for o in rows],
-        ["offer", "model", "free", "devices", "region", f"{a.term} /dev-h", "/PFLOP-h", "kgCO2e/h", "reliab.",
-         "provider"],
+          o.get("tops_per_watt"), o["reliability"], o["node"]["provider"]) for o in rows],
+        ["offer", "model", "free", "devices", "region", f"{a.term} /dev-h", "/PFLOP-h", "kgCO2e/h", "TOPS/W",
+         "reliab.", "provider"],
     ))  # fmt: skip
     return EXIT_OK
 
@@ -170,6 +171,16 @@ def _order_body(a: argparse.Namespace) -> dict[str, Any]:
         job["runtime"] = a.runtime
     if a.port:
         job["ports"] = a.port
+    if a.volume:
+        job["volumes"] = [{"name": name} for name in a.volume]
+    if a.ssh_key:
+        try:
+            with open(os.path.expanduser(a.ssh_key), encoding="utf-8") as key_file:
+                job["ssh_public_key"] = key_file.read(8192).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read --ssh-key {a.ssh_key}: {exc}", EXIT_USAGE) from None
+    elif a.ssh:
+        job["ssh"] = True
     body: dict[str, Any] = {"term": TERMS[a.term], "devices_per_node": a.devices, "price_limit": a.max_price,
                             "job": job}  # fmt: skip
     optional = {"offer": a.offer, "node_count": a.nodes, "kind": a.kind, "region": a.region,
@@ -280,7 +291,35 @@ def cmd_job_status(ctx: Context) -> int:
         ("job", job["id"]), ("status", job["status"]), ("node", job["node"]), ("devices", job["device_indexes"]),
         ("started", job["started_at"]), ("ended", job["ended_at"]), ("exit code", job["exit_code"]),
         ("stop reason", job["stop_reason"] or None), ("log bytes", job["log_size"]),
+        ("address", job.get("public_address")), *endpoint_rows(job),
     ]))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_job_ssh(ctx: Context) -> int:
+    """Print the job's `ssh` command; with --exec replace this process with it."""
+    a = ctx.args
+    job = ctx.client.get(f"/api/v1/jobs/{a.id}")
+    ssh = job.get("ssh")
+    if not ssh:
+        raise CliError(
+            f"job {a.id} was not launched in SSH mode (order with --ssh or --ssh-key)", EXIT_REFUSED
+        )
+    if not ssh.get("command"):
+        missing = (
+            "the node has not reported its public address"
+            if not ssh.get("host")
+            else f"the job is {job['status']}: its ssh port is not published yet"
+        )
+        raise CliError(f"no ssh endpoint for job {a.id}: {missing}", EXIT_REFUSED)
+    argv = ssh_argv(ssh, identity=a.identity)
+    if a.exec:
+        sys.stdout.flush()
+        try:
+            os.execvp(argv[0], argv)  # noqa: S606 - the buyer asked to run ssh
+        except OSError as exc:
+            raise CliError(f"cannot run ssh: {exc}", EXIT_USAGE) from None
+    ctx.emit(ssh, lambda: print(shlex.join(argv)))
     return EXIT_OK
 
 
@@ -367,11 +406,12 @@ def cmd_node_list(ctx: Context) -> int:
 def cmd_node_price(ctx: Context) -> int:
     a = ctx.args
     change = {"on_demand_price": a.on_demand, "reserved_price": a.reserved, "spot_floor": a.spot_floor,
-              "listed": a.listed}  # fmt: skip
+              "listed": a.listed, "pue": a.pue, "volume_price": a.volume_price}  # fmt: skip
     change = {k: v for k, v in change.items() if v is not None}
     if not change:
         raise CliError(
-            "give at least one of --on-demand, --reserved, --spot-floor, --list, --unlist", EXIT_USAGE
+            "give at least one of --on-demand, --reserved, --spot-floor, --volume-price, --list, --unlist, --pue",
+            EXIT_USAGE,
         )
     node = ctx.client.patch(f"/api/v1/provider/nodes/{a.id}", change)
     offer = node["offer"] or {}
@@ -380,6 +420,8 @@ def cmd_node_price(ctx: Context) -> int:
         ("on-demand", f"{offer.get('on_demand_price')} {offer.get('currency')}/device-hour"),
         ("reserved", f"{offer.get('reserved_price')} {offer.get('currency')}/device-hour"),
         ("spot floor", f"{offer.get('spot_floor')} {offer.get('currency')}/device-hour"),
+        ("volumes", f"{offer.get('volume_price')} {offer.get('currency')}/GiB-hour"),
+        ("pue", node.get("pue")),
     ]))  # fmt: skip
     return EXIT_OK
 
@@ -398,6 +440,122 @@ def cmd_join_token(ctx: Context) -> int:
 
 
 # --- Parser ----------------------------------------------------------------------------------------
+
+
+# --- Spend controls and webhooks --------------------------------------------------------------
+
+
+def _print_spend_controls(body: dict[str, Any]) -> None:
+    cur = body["currency"]
+    fields([
+        ("monthly cap", f"{body['monthly_cap']} {cur}" if body["monthly_cap"] is not None else "none"),
+        ("spent this month", f"{body['spent_this_month']} {cur} (since {body['month_start']})"),
+        ("  charged", f"{body['charged_this_month']} {cur}"),
+        ("  committed", f"{body['committed']} {cur} (open holds and escrow)"),
+        ("low-balance e-mail below",
+         f"{body['low_balance_threshold']} {cur}" if body["low_balance_threshold"] is not None else "off"),
+    ])  # fmt: skip
+
+
+def _spend_controls(ctx: Context, change: dict[str, Any] | None) -> int:
+    path = "/api/v1/spend-controls"
+    body = ctx.client.patch(path, change) if change is not None else ctx.client.get(path)
+    ctx.emit(body, lambda: _print_spend_controls(body))
+    return EXIT_OK
+
+
+def cmd_spend_cap(ctx: Context) -> int:
+    return _spend_controls(ctx, None)
+
+
+def cmd_spend_cap_set(ctx: Context) -> int:
+    return _spend_controls(ctx, {"monthly_cap": ctx.args.amount})
+
+
+def cmd_spend_cap_clear(ctx: Context) -> int:
+    return _spend_controls(ctx, {"monthly_cap": None})
+
+
+def cmd_low_balance_set(ctx: Context) -> int:
+    return _spend_controls(ctx, {"low_balance_threshold": ctx.args.amount})
+
+
+def cmd_low_balance_clear(ctx: Context) -> int:
+    return _spend_controls(ctx, {"low_balance_threshold": None})
+
+
+def cmd_webhook_add(ctx: Context) -> int:
+    body = {"url": ctx.args.url, "events": ctx.args.event or []}
+    endpoint = ctx.client.post("/api/v1/webhooks", body, idempotency_key=new_idempotency_key())
+    ctx.emit(endpoint, lambda: print(
+        f"Webhook {endpoint['id']} -> {endpoint['url']}\n"
+        f"Signing secret (shown only now; store it): {endpoint['secret']}"
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_webhook_list(ctx: Context) -> int:
+    page = ctx.client.get("/api/v1/webhooks")
+    ctx.emit(page, lambda: table(
+        [(e["id"], e["url"], ",".join(e["events"]) or "all", e["created_at"]) for e in page["results"]],
+        ["id", "url", "events", "created"],
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_webhook_deliveries(ctx: Context) -> int:
+    page = ctx.client.get(f"/api/v1/webhooks/{ctx.args.id}/deliveries", limit=ctx.args.limit)
+    ctx.emit(page, lambda: table(
+        [(d["event_id"], d["event_type"], d["status"], d["attempts"], d["last_status_code"] or "-",
+          d["last_error"] or "", d["created_at"]) for d in page["results"]],
+        ["event", "type", "status", "attempts", "last code", "last error", "created"],
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_webhook_remove(ctx: Context) -> int:
+    ctx.client.request("DELETE", f"/api/v1/webhooks/{ctx.args.id}")
+    ctx.emit({"id": ctx.args.id, "deleted": True}, lambda: print(f"Webhook {ctx.args.id} removed."))
+    return EXIT_OK
+
+
+def _print_volume(v: dict[str, Any]) -> None:
+    fields([
+        ("volume", v["id"]), ("name", v["name"]), ("node", v["node"]), ("size", f"{v['size_gib']} GiB"),
+        ("price", f"{v['price']} {v['currency']}/GiB-hour"), ("status", v["status"]), ("mount", v["mount"]),
+        ("charged", f"{v['charged']} {v['currency']}"),
+    ])  # fmt: skip
+
+
+def cmd_volume_create(ctx: Context) -> int:
+    a = ctx.args
+    body = {"node": a.node, "name": a.name, "size_gib": a.size}
+    key = a.idempotency_key or new_idempotency_key()
+    volume = ctx.client.post("/api/v1/volumes", body, idempotency_key=key)
+    ctx.emit(volume, lambda: _print_volume(volume))
+    return EXIT_OK
+
+
+def cmd_volume_list(ctx: Context) -> int:
+    page = ctx.client.get("/api/v1/volumes", all="true" if ctx.args.all else None, limit=ctx.args.limit)
+    ctx.emit(page, lambda: table(
+        [(v["id"], v["name"], v["node"], v["size_gib"], f"{v['price']} {v['currency']}", v["status"], v["mount"])
+         for v in page["results"]],
+        ["volume", "name", "node", "GiB", "per GiB-hour", "status", "mount"],
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_volume_show(ctx: Context) -> int:
+    volume = ctx.client.get(f"/api/v1/volumes/{ctx.args.id}")
+    ctx.emit(volume, lambda: _print_volume(volume))
+    return EXIT_OK
+
+
+def cmd_volume_delete(ctx: Context) -> int:
+    volume = ctx.client.request("DELETE", f"/api/v1/volumes/{ctx.args.id}")
+    ctx.emit(volume, lambda: print(f"Volume {ctx.args.id} deleted; billing stopped."))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["docker", "process"])
     p.add_argument("--env", action="append", metavar="NAME=VALUE")
     p.add_argument("--port", type=int, action="append")
+    p.add_argument("--volume", action="append", metavar="NAME",
+                   help="mount your volume NAME at /volumes/NAME (repeatable; the job runs on its node)")  # fmt: skip
+    ssh_mode = p.add_mutually_exclusive_group()
+    ssh_mode.add_argument("--ssh", action="store_true", help="SSH mode with the public key of your profile")
+    ssh_mode.add_argument(
+        "--ssh-key", metavar="FILE", help="SSH mode with this public key file (~/.ssh/id_ed25519.pub)"
+    )
     p.add_argument("--idempotency-key", help="default: a fresh random key")
     p.add_argument("--wait", action="store_true", help="wait (with progress) until the job runs")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
@@ -489,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     p = command("stop", cmd_job_stop, "stop a job (SIGTERM, then SIGKILL after 30 s)", job)
     p.add_argument("id", type=int)
+    p = command("show", cmd_job_status, "a job's state and where to reach it (host:port)", job)
+    p.add_argument("id", type=int)
+    p = command("ssh", cmd_job_ssh, "print the ssh command for a job launched in SSH mode", job)
+    p.add_argument("id", type=int)
+    p.add_argument("--exec", action="store_true", help="run ssh now instead of printing the command")
+    p.add_argument("-i", "--identity", metavar="FILE", help="private key file to pass to ssh (-i)")
 
     p = command("wallet", cmd_wallet, "balance, held, reserved and available")
     wallet = p.add_subparsers(dest="wallet_command", metavar="COMMAND")
@@ -511,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_node_list, "your providers' nodes", node)
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=50)
-    p = command("price", cmd_node_price, "set a node's prices and listing", node)
+    p = command("price", cmd_node_price, "set a node's prices, listing and PUE", node)
     p.add_argument("id", type=int)
     p.add_argument("--on-demand", metavar="AMOUNT")
     p.add_argument("--reserved", metavar="AMOUNT")
@@ -519,11 +690,60 @@ def build_parser() -> argparse.ArgumentParser:
     listing = p.add_mutually_exclusive_group()
     listing.add_argument("--list", dest="listed", action="store_const", const=True)
     listing.add_argument("--unlist", dest="listed", action="store_const", const=False)
+    p.add_argument("--pue", metavar="PUE", help="the site's power usage effectiveness, 1.00 to 3.00")
+    p.add_argument("--volume-price", metavar="AMOUNT", help="persistent volumes per GiB-hour (0: none)")
 
     p = command("join-token", cmd_join_token, "providers: a one-time token and install command for a node")
     p.add_argument("--region")
     p.add_argument("--cluster")
     p.add_argument("--provider", type=int, help="when you belong to several providers")
+
+    p = command("spend-cap", cmd_spend_cap, "your monthly spend cap and what you spent this month")
+    spend = p.add_subparsers(dest="spend_command", metavar="COMMAND")
+    p = command("set", cmd_spend_cap_set, "refuse orders that would take this month's spending past AMOUNT",
+                spend)  # fmt: skip
+    p.add_argument("amount", help="e.g. 500.00")
+    command("clear", cmd_spend_cap_clear, "remove the cap", spend)
+    low = sub.add_parser("low-balance", help="e-mail when your available balance falls below an amount")
+    low_sub = low.add_subparsers(dest="low_balance_command", metavar="COMMAND", required=True)
+    p = command(
+        "set", cmd_low_balance_set, "e-mail once when the available balance falls below AMOUNT", low_sub
+    )
+    p.add_argument("amount", help="e.g. 100.00")
+    command("clear", cmd_low_balance_clear, "no low-balance e-mail", low_sub)
+
+    hook = sub.add_parser("webhook", help="signed job events posted to your URL").add_subparsers(
+        dest="webhook_command", metavar="COMMAND", required=True
+    )
+    p = command("add", cmd_webhook_add, "register a URL; prints its signing secret once", hook)
+    p.add_argument("url")
+    p.add_argument("--event", action="append",
+                   choices=["job.started", "job.ended", "job.preempted", "job.stopped_for_funds"],
+                   help="only this event type (repeatable; default: all)")  # fmt: skip
+    command("list", cmd_webhook_list, "your webhook endpoints", hook)
+    p = command("deliveries", cmd_webhook_deliveries, "an endpoint's delivery log, newest first", hook)
+    p.add_argument("id", type=int)
+    p.add_argument("--limit", type=int, default=20)
+    p = command("remove", cmd_webhook_remove, "stop sending events to an endpoint", hook)
+    p.add_argument("id", type=int)
+
+    volume = sub.add_parser("volume", help="persistent volumes on a node, mounted by jobs").add_subparsers(
+        dest="volume_command", metavar="COMMAND", required=True
+    )
+    p = command("create", cmd_volume_create, "create a volume on a node (billed per GiB-hour until deleted)",
+                volume)  # fmt: skip
+    p.add_argument("--node", type=int, required=True, help="the node (an offer's node id)")
+    p.add_argument("--name", required=True, help="a-z, 0-9, - and _; jobs see it at /volumes/NAME")
+    p.add_argument("--size", type=int, required=True, metavar="GIB")
+    p.add_argument("--idempotency-key", help="default: a fresh random key")
+    p = command("list", cmd_volume_list, "your volumes", volume)
+    p.add_argument("--all", action="store_true", help="include deleted volumes")
+    p.add_argument("--limit", type=int, default=50)
+    p = command("show", cmd_volume_show, "one volume", volume)
+    p.add_argument("id", type=int)
+    p = command("delete", cmd_volume_delete, "delete a volume and its data (refused while a job mounts it)",
+                volume)  # fmt: skip
+    p.add_argument("id", type=int)
     return parser
 
 

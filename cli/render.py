@@ -108,3 +108,28 @@ class Progress:
         if message:
             self.stream.write(f"{message}\n")
         self.stream.flush()
+
+
+def endpoint_rows(job: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`fields` rows for a job's published ports (``8000/tcp  203.0.113.7:32768``) and its ssh line."""
+    rows: list[tuple[str, Any]] = []
+    for endpoint in job.get("endpoints") or []:
+        where = endpoint.get("address") or f"port {endpoint.get('host_port')} (node address unknown)"
+        rows.append((f"{endpoint.get('port')}/{endpoint.get('protocol') or 'tcp'}", where))
+    ssh = job.get("ssh")
+    if ssh:
+        rows.append(("ssh", ssh.get("command") or "(waiting for the node to publish the port)"))
+    return rows
+
+
+def ssh_argv(ssh: dict[str, Any], *, identity: str | None = None) -> list[str]:
+    """The ``ssh`` command line for a job's ``ssh`` object (host and port are set)."""
+    argv = ["ssh", "-p", str(int(ssh["port"]))]
+    if identity:
+        argv += ["-i", identity]
+    host = str(ssh["host"])
+    # A value from the server starting with "-" would be read by ssh as an option.
+    if host.startswith("-") or (ssh.get("user") and str(ssh["user"]).startswith("-")):
+        raise ValueError("refusing an ssh target that starts with '-'")
+    argv.append(f"{ssh['user']}@{host}" if ssh.get("user") else host)
+    return argv

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -81,10 +81,25 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "marketplace.spot.round",
         "schedule": _seconds("SUANLI_SPOT_INTERVAL_S"),
     },
+    # Jobs still live 15 s past their stop deadline (the agent never reported the stop) end at
+    # the deadline, closing their leases there: the server enforces stops, not only the agent.
+    "marketplace-end-past-stop-deadline": {
+        "task": "marketplace.provisioning.end_past_stop_deadline",
+        "schedule": 10.0,
+    },
+    # Recount the stored free devices behind GET /api/v1/offers for nodes whose slots or devices
+    # changed, or whose reserved window opened or closed, since the last run; the list counts
+    # those live until then (every SUANLI_OFFER_FREE_REFRESH_S, 5 s).
+    "marketplace-offer-free-devices": {
+        "task": "marketplace.offers.free_devices_refresh",
+        "schedule": _seconds("SUANLI_OFFER_FREE_REFRESH_S"),
+    },
     # Stop (with notice) jobs whose buyer cannot cover the next two settlement intervals.
     "marketplace-stop-unpaid": {"task": "marketplace.provisioning.stop_unpaid", "schedule": 60.0},
     # Heartbeat coverage x job success over 30 days, shown on every offer.
     "marketplace-reliability": {"task": "marketplace.reliability.refresh", "schedule": 300.0},
+    # Webhook deliveries whose retry task was lost (each delivery schedules its own retries).
+    "marketplace-webhooks-retry-due": {"task": "marketplace.webhooks.retry_due", "schedule": 60.0},
     # --- billing ---
     # Settle every open lease through "now" (cumulative, so a late or doubled tick posts nothing
     # extra), every BILLING_SETTLEMENT_INTERVAL_S (60 s).
@@ -146,3 +161,33 @@ def _record_worker_seen() -> None:
 
 
 app.steps["worker"].add(WorkerSeen)
+
+# --- Logs: the worker and beat use settings.LOGGING (core.logging), like the web ----------------
+
+
+@signals.setup_logging.connect
+def _logging_from_settings(**_kwargs: Any) -> None:
+    """A receiver here stops Celery from installing its own handlers and format: worker and beat
+    log through ``settings.LOGGING``, in the same JSON (or console) lines as the web."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@signals.task_prerun.connect
+def _bind_task_to_logs(task_id: str | None = None, task: Any = None, **_kwargs: Any) -> None:
+    # Every line a task writes names the task and its id, as every web line names its request.
+    # Bound and unbound by name, never cleared: an eager task runs inside a web request, whose
+    # request_id must survive it.
+    import structlog
+
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _unbind_task_from_logs(**_kwargs: Any) -> None:
+    import structlog
+
+    structlog.contextvars.unbind_contextvars("task_id", "task")

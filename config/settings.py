@@ -21,6 +21,7 @@ from config.env import (
     env_str,
     parse_database_url,
 )
+from core.logging import LOG_FORMATS, logging_config, structlog_configure
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SUANLI_VAR_DIR") or BASE_DIR / "var")
@@ -61,6 +62,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log line of the request carries its id (X-Request-ID in, and echoed out).
+    "core.middleware.RequestIdMiddleware",
+    # Then every later layer (rate limits, log-in limits, logs) sees the real client address.
+    "core.middleware.TrustedProxyMiddleware",
+    # Latency by view for /metrics, timed around everything below, with the final status code.
+    "core.middleware.RequestMetricsMiddleware",
+    # Outside the rest, so an error any of them answers under /api/ is still the API's JSON shape.
+    "core.middleware.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -188,7 +197,8 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # /healthz is probed by load balancers and container healthchecks over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# So is /metrics, scraped by Prometheus inside the deployment's network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 
 # --- REST API ----------------------------------------------------------------------------------
 
@@ -199,7 +209,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Refuses what would fail deeper down (nesting, bigint overflow, lone surrogates, NUL) with a 400.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JsonParser"],
     "DEFAULT_SCHEMA_CLASS": "core.schema.ApiAutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "core.api.CursorPagination",
@@ -213,8 +224,17 @@ REST_FRAMEWORK = {
         "anon": env_str("SUANLI_API_ANON_RATE") or "120/min",
         # Per client IP, in the Redis cache. Agent registration: bounds join-token guessing.
         "agent_register": env_str("SUANLI_AGENT_REGISTER_RATE") or "20/min",
+        # Per client IP: failed API-key or node-credential authentications, then 429 for every
+        # credential from that address until the window ends (bounds credential guessing).
+        "auth_failure": env_str("SUANLI_AUTH_FAILURE_RATE") or "30/min",
     },
+    # DRF's own throttles (agent registration) key on REMOTE_ADDR, never on X-Forwarded-For,
+    # which any client can set; core.middleware.TrustedProxyMiddleware sets REMOTE_ADDR.
+    "NUM_PROXIES": 0,
 }
+# Reverse proxies whose X-Forwarded-For is believed (comma-separated IPs or CIDRs; none by
+# default, so the client address is the TCP peer). The client is the nearest untrusted hop.
+SUANLI_TRUSTED_PROXIES = env_list("SUANLI_TRUSTED_PROXIES", [])
 SPECTACULAR_SETTINGS = {
     "TITLE": "Suanli Exchange API",
     "DESCRIPTION": "Rent GPUs, NPUs, MLUs, DCUs, Gaudi, FPGAs and CPUs by the device-hour.",
@@ -276,10 +296,34 @@ if _grid_override:
 # (seconds; the beat schedule reads both). Short values are for tests and demos.
 SUANLI_MATCHING_INTERVAL_S = env_int("SUANLI_MATCHING_INTERVAL_S", 5, minimum=1)
 SUANLI_SPOT_INTERVAL_S = env_int("SUANLI_SPOT_INTERVAL_S", 30, minimum=1)
+# Firm orders (on-demand, reserved) are matched highest limit first, then oldest first; for that
+# ranking a waiting order's limit grows by this many basis points of itself per hour waited, with
+# no cap, so an old order at a low limit is placed eventually (500: +5 % an hour). 0: pure price.
+SUANLI_FIRM_AGE_BOOST_BPS_PER_HOUR = env_int("SUANLI_FIRM_AGE_BOOST_BPS_PER_HOUR", 500, minimum=0)
+# How often the stored free-device counts behind the offer list are brought up to date (seconds).
+# Reads stay exact in between; nodes changed since the last refresh are only slower to list.
+SUANLI_OFFER_FREE_REFRESH_S = env_int("SUANLI_OFFER_FREE_REFRESH_S", 5, minimum=1)
 # Notice a preempted spot job gets between SIGTERM and SIGKILL (DESIGN: 120 s).
 SUANLI_PREEMPTION_NOTICE_S = env_int("SUANLI_PREEMPTION_NOTICE_S", 120, minimum=1)
+# How far an agent's clock may disagree with ours: a job event dated further in the future (or
+# before the job was assigned) is refused; usage windows may overhang the job's running interval
+# by this much, no more (billing trusts only times within it).
+SUANLI_AGENT_MAX_CLOCK_SKEW_S = env_int("SUANLI_AGENT_MAX_CLOCK_SKEW_S", 300, minimum=0)
 # Shortest reserved window a buyer may book (billing needs at least 60 s).
 SUANLI_MIN_RESERVATION_S = env_int("SUANLI_MIN_RESERVATION_S", 600, minimum=60)
+# How far ahead a reserved window may start (days): capacity is not sold years out, and a bound
+# keeps typo'd years (9999) out of the slot index.
+SUANLI_MAX_RESERVATION_AHEAD_DAYS = env_int("SUANLI_MAX_RESERVATION_AHEAD_DAYS", 365, minimum=1)
+if SUANLI_MAX_RESERVATION_AHEAD_DAYS > 3650:
+    raise ImproperlyConfigured("SUANLI_MAX_RESERVATION_AHEAD_DAYS must be at most 3650 (ten years)")
+# Outgoing webhooks (marketplace.services.webhooks): attempts per event (then ``failed``), the
+# first retry delay (doubling each time: 10, 20, 40, 80, 160 s by default), the request timeout,
+# and whether URLs may point at loopback/private addresses (the SSRF guard; always enforced in
+# production, off by default in development and test, where receivers listen on localhost).
+SUANLI_WEBHOOK_MAX_ATTEMPTS = env_int("SUANLI_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+SUANLI_WEBHOOK_RETRY_BASE_S = env_int("SUANLI_WEBHOOK_RETRY_BASE_S", 10, minimum=1)
+SUANLI_WEBHOOK_TIMEOUT_S = env_int("SUANLI_WEBHOOK_TIMEOUT_S", 5, minimum=1)
+SUANLI_WEBHOOK_ALLOW_PRIVATE = not PRODUCTION and env_bool("SUANLI_WEBHOOK_ALLOW_PRIVATE", default=True)
 
 # --- Stripe ------------------------------------------------------------------------------------
 
@@ -308,13 +352,18 @@ BILLING_MIN_TOP_UP_MICROS = env_int("BILLING_MIN_TOP_UP_MICROS", 5_000_000, mini
 # --- Logging -----------------------------------------------------------------------------------
 
 LOG_LEVEL = (env_str("SUANLI_LOG_LEVEL") or "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# One format for web, worker and beat (core.logging): ``json`` is one JSON object per line (ts,
+# level, logger, event, request_id, key-values) for log pipelines; ``console`` is for a human.
+SUANLI_LOG_FORMAT = (env_str("SUANLI_LOG_FORMAT") or ("json" if PRODUCTION else "console")).lower()
+if SUANLI_LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured(f"SUANLI_LOG_FORMAT must be json or console, got {SUANLI_LOG_FORMAT!r}")
+# structlog hands every event to stdlib logging, so billing's structlog lines and every
+# logging.getLogger() line go through this one LOGGING and its one formatter.
+structlog_configure()
+LOGGING = logging_config(log_format=SUANLI_LOG_FORMAT, level=LOG_LEVEL)
+
+# --- Metrics -----------------------------------------------------------------------------------
+
+# GET /metrics (Prometheus) wants ``Authorization: Bearer <token>`` when set. Unset: /metrics
+# answers 404 in production (disabled) and only loopback clients in development and test.
+SUANLI_METRICS_TOKEN = env_secret("SUANLI_METRICS_TOKEN", required=False)

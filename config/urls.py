@@ -3,10 +3,13 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from core.api import api_not_found
+from core.metrics import metrics_view
 from core.views import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    # Prometheus, behind SUANLI_METRICS_TOKEN (core.metrics).
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("config.api_urls")),
     # OpenAPI 3 schema, Swagger UI and Redoc (assets from drf-spectacular-sidecar, no CDN).

@@ -8,13 +8,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+import kombu.exceptions
+import redis.exceptions
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import DataError
 from django.db.models import Q
 from django.http import Http404, HttpRequest, JsonResponse
 from django.utils.dateparse import parse_datetime
@@ -27,7 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import SuanliError, ValidationFailed
-from core.money import MoneyFormatError, format_amount, parse_amount
+from core.money import MICROS_PER_UNIT, MoneyFormatError, format_amount, parse_amount
 
 
 def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -52,9 +58,39 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+# Redis (heartbeats, the work queue, the cache) or the Celery broker briefly unreachable: the
+# client should retry, not see a 500. Agents honour Retry-After with their own jittered backoff.
+SERVICE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+SERVICE_UNAVAILABLE_RETRY_AFTER_S = 5
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, SuanliError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+    if isinstance(exc, SERVICE_UNAVAILABLE_ERRORS):
+        request = context.get("request")
+        logging.getLogger(__name__).warning(
+            "api.service_unavailable path=%s error=%s: %s",
+            getattr(request, "path", ""),
+            type(exc).__name__,
+            exc,
+        )
+        unavailable = Response(
+            error_body(
+                "service_unavailable",
+                _("The exchange is briefly unavailable; retry in a few seconds."),
+            ),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        unavailable["Retry-After"] = str(SERVICE_UNAVAILABLE_RETRY_AFTER_S)
+        return unavailable
+    hostile = _hostile_request_response(exc, context)
+    if hostile is not None:
+        return hostile
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -76,6 +112,33 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if isinstance(exc, exceptions.Throttled) and wait is not None:
             response["Retry-After"] = str(int(wait) + 1)
     return response
+
+
+def _hostile_request_response(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Django's request errors (not DRF's) in the error shape; a ``DataError`` as a last resort.
+
+    ``core.parsers.JsonParser`` refuses what the database cannot store, naming the field; a
+    ``DataError`` that still gets through (a value out of a column's range) is the client's input
+    all the same, so it answers 400, logged so the missing field check gets written.
+    """
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body("too_large", _("The body is larger than %(limit)s bytes.") % {"limit": limit}),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, SuspiciousOperation):  # too many fields, a malformed multipart body ...
+        return Response(error_body("bad_request", _("The request was refused as malformed.")), status=400)
+    if isinstance(exc, DataError):
+        request = context.get("request")
+        logging.getLogger(__name__).warning(
+            "api.data_error path=%s: %s", getattr(request, "path", ""), exc, exc_info=True
+        )
+        return Response(
+            error_body("invalid", _("A value in the request is out of range or cannot be stored.")),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    return None
 
 
 @csrf_exempt  # nothing to protect, and a CSRF page would not be the API's error shape
@@ -112,6 +175,11 @@ class CursorPagination(pagination.CursorPagination):
     page_size_query_param = "limit"
     ordering = "-id"
 
+    def get_page_size(self, request: Request) -> int:
+        # DRF falls back to the default page size for ``limit=-5`` or ``limit=abc``: refuse instead.
+        return query_page_size(request, self.page_size_query_param, default=self.page_size,
+                               maximum=self.max_page_size)  # fmt: skip
+
     def get_ordering(self, request: Request, queryset: Any, view: Any) -> tuple[str, ...]:
         return (
             SORT_PARAMETER_CHOICES[query_choice(request, "sort", list(SORT_PARAMETER_CHOICES)) or "newest"],
@@ -127,7 +195,7 @@ class CursorPagination(pagination.CursorPagination):
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         return [
-            *super().get_schema_operation_parameters(view),
+            *_bounded_limit(super().get_schema_operation_parameters(view), self.max_page_size),
             {
                 "name": "sort",
                 "required": False,
@@ -167,16 +235,8 @@ class KeysetPagination(pagination.BasePagination):
         return rows
 
     def _limit(self, request: Request) -> int:
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw in (None, ""):
-            return self.page_size
-        try:
-            return max(1, min(int(raw), self.max_page_size))
-        except ValueError:
-            raise ValidationFailed(
-                _("%(name)s must be a whole number.") % {"name": "limit"},
-                fields={"limit": _("A whole number.")},
-            ) from None
+        return query_page_size(request, self.page_size_query_param, default=self.page_size,
+                               maximum=self.max_page_size)  # fmt: skip
 
     @staticmethod
     def _decode(raw: str, length: int) -> list[Any]:
@@ -223,8 +283,19 @@ class KeysetPagination(pagination.BasePagination):
             {"name": self.cursor_query_param, "required": False, "in": "query",
              "description": "The cursor from the previous page's next link.", "schema": {"type": "string"}},
             {"name": self.page_size_query_param, "required": False, "in": "query",
-             "description": f"Results per page (at most {self.max_page_size}).", "schema": {"type": "integer"}},
+             "description": f"Results per page (at most {self.max_page_size}).",
+             "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page_size}},
         ]  # fmt: skip
+
+
+def _bounded_limit(parameters: list[dict[str, Any]], maximum: int) -> list[dict[str, Any]]:
+    """Document ``limit``'s range: anything outside it is a 400 (``query_page_size``)."""
+    return [
+        {**p, "schema": {**p.get("schema", {}), "minimum": 1, "maximum": maximum}}
+        if p.get("name") == "limit"
+        else p
+        for p in parameters
+    ]
 
 
 def _cursor_value(value: Any) -> Any:
@@ -232,6 +303,23 @@ def _cursor_value(value: Any) -> Any:
 
 
 # --- Query parameters ------------------------------------------------------------------------------
+
+
+def query_page_size(request: Request, name: str, *, default: int, maximum: int) -> int:
+    """``?limit=``: a whole number from 1 to ``maximum``; anything else is a 400 naming it.
+
+    Not clamped: a client asking for ``-5`` or ``10000`` rows has a bug it should hear about.
+    """
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+    if value is None or not 1 <= value <= maximum:
+        raise ValidationFailed(
+            _("%(name)s must be a whole number from 1 to %(max)s.") % {"name": name, "max": maximum},
+            fields={name: _("A whole number from 1 to %(max)s.") % {"max": maximum}},
+        )
+    return value
 
 
 def query_choice(request: Request, name: str, choices: Sequence[str]) -> str | None:
@@ -283,6 +371,10 @@ class MoneyField(serializers.Field):
     def to_internal_value(self, data: Any) -> int:
         if isinstance(data, bool | float) or not isinstance(data, str | int):
             self.fail("invalid")
+        if _beyond_bigint_micros(data):
+            # Before parse_amount: "1e999999999" would otherwise build a billion-digit integer,
+            # and anything past bigint cannot be stored.
+            raise serializers.ValidationError(_("Too large an amount."))
         try:
             micros = parse_amount(data)
         except MoneyFormatError:
@@ -292,6 +384,19 @@ class MoneyField(serializers.Field):
         if self.max_micros is not None and micros > self.max_micros:
             raise serializers.ValidationError(f"Must be at most {format_amount(self.max_micros)}.")
         return micros
+
+
+def _beyond_bigint_micros(data: str | int) -> bool:
+    try:
+        value = Decimal(str(data).strip())
+    except ArithmeticError:  # decimal.InvalidOperation: parse_amount names it
+        return False
+    # copy_abs and comparison are exact; abs() would round, and overflow on 1e999999999.
+    return value.is_finite() and value.copy_abs() > _MAX_AMOUNT
+
+
+# The largest amount whose micro-units fit PostgreSQL's bigint (9,223,372,036,854.775807).
+_MAX_AMOUNT = Decimal(2**63 - 1) / MICROS_PER_UNIT
 
 
 @extend_schema_field({"type": "string", "pattern": "^[A-Z]{3}$", "example": "USD"})

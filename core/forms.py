@@ -169,3 +169,16 @@ class ApiKeyCreateForm(NoLabelSuffix, forms.Form):
         if not name:
             raise forms.ValidationError(_("A key needs a name."), code="required")
         return name
+
+
+class SshKeyForm(NoLabelSuffix, forms.Form):
+    ssh_public_key = forms.CharField(
+        label=_("SSH public key"),
+        required=False,
+        max_length=4160,  # the key's own bound (core.ssh_keys) gives the precise error
+        help_text=_(
+            "One line from ~/.ssh/id_ed25519.pub (ed25519, ECDSA or RSA). Jobs ordered with SSH "
+            "mode are launched with it. Leave empty to remove it."
+        ),
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+    )

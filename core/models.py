@@ -72,3 +72,16 @@ class IdempotentRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} ({self.key})"
+
+
+class BuyerProfile(TimeStampedModel):
+    """Per-user settings of a buyer; created on first save (most users never need one)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="buyer_profile"
+    )
+    # One OpenSSH public key line (core.ssh_keys), used by jobs ordered with `ssh: true`.
+    ssh_public_key = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"profile of user {self.user_id}"

@@ -30,7 +30,14 @@ GROUP_LABELS: dict[str, str | Promise] = {"provider": _("Provider")}
 NAV: list[NavEntry] = [
     NavEntry("market", _("Market"), "marketplace:market", _("Find the cheapest device that fits your job.")),
     NavEntry("orders", _("Orders"), "marketplace:orders", _("Your orders, running jobs and their logs.")),
+    NavEntry("volumes", _("Volumes"), "marketplace:volumes", _("Persistent disk space your jobs mount.")),
     NavEntry("billing", _("Billing"), "billing:wallet", _("Wallet balance, top-ups, usage and invoices.")),
+    NavEntry(
+        "spend",
+        _("Spend controls"),
+        "marketplace:spend_settings",
+        _("Monthly cap, low-balance e-mail and webhooks."),
+    ),
     NavEntry("nodes", _("Nodes"), "marketplace:nodes", _("Join nodes and watch their health."), "provider"),
     NavEntry(
         "pricing", _("Pricing"), "marketplace:pricing", _("Set your prices per device-hour."), "provider"

@@ -12,8 +12,8 @@ checked and is not counted, so it neither extends the block nor lets a guess thr
 log-in clears its (IP, username) counter. If Redis is unreachable the limit fails open (logged):
 an outage of the cache must not lock every user out.
 
-The client IP is ``REMOTE_ADDR``; behind a reverse proxy that rewrites it, configure the proxy (or
-gunicorn's ``--forwarded-allow-ips`` with a proxy-aware WSGI wrapper) so this is the real client.
+The client IP is ``REMOTE_ADDR``: the TCP peer, or behind the reverse proxies listed in
+``SUANLI_TRUSTED_PROXIES`` the client they forwarded for (``core.middleware.TrustedProxyMiddleware``).
 """
 
 from __future__ import annotations

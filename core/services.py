@@ -15,7 +15,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core.errors import Conflict, NotFound, ValidationFailed
-from core.models import ApiKey, ApiKeyScope, IdempotentRequest
+from core.models import ApiKey, ApiKeyScope, BuyerProfile, IdempotentRequest
+from core.ssh_keys import ssh_public_key_problem
 
 IDEMPOTENCY_KEY_MAX = 128
 # A request still "in progress" after this long crashed mid-way; a retry may take its key over.
@@ -156,3 +157,22 @@ def idempotent_requests_purge(*, now: Any = None) -> int:
     cutoff = (now or timezone.now()) - IDEMPOTENCY_RETENTION
     deleted, _by_model = IdempotentRequest.objects.filter(started_at__lt=cutoff).delete()
     return deleted
+
+
+def buyer_ssh_key_set(*, user: User, ssh_public_key: str) -> BuyerProfile:
+    """Store (or, with "", clear) the buyer's SSH public key; raises ``ValidationFailed`` for
+    anything but one OpenSSH ed25519/ECDSA/RSA public key line. Jobs already ordered keep the
+    key they were ordered with."""
+    key = ssh_public_key.strip() if isinstance(ssh_public_key, str) else ssh_public_key
+    if key and (problem := ssh_public_key_problem(key)) is not None:
+        raise ValidationFailed(problem, fields={"ssh_public_key": problem})
+    profile, _created = BuyerProfile.objects.update_or_create(user=user, defaults={"ssh_public_key": key})
+    return profile
+
+
+def buyer_ssh_key_get(*, user: Any) -> str:
+    """The buyer's profile SSH public key ("" when none)."""
+    if user is None or getattr(user, "pk", None) is None:
+        return ""
+    key = BuyerProfile.objects.filter(user_id=user.pk).values_list("ssh_public_key", flat=True).first()
+    return key or ""

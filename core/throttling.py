@@ -5,6 +5,10 @@ per client IP for anonymous calls; node-credential (agent) requests are counted 
 is a fixed window of the rate's period (``"1200/min"``): one ``INCR`` and one ``EXPIRE`` per
 request, whatever the rate. Over the limit DRF answers 429 and ``core.api`` adds ``Retry-After``
 (the seconds left in the window). If Redis is unreachable the limit fails open (logged).
+
+Failed authentications (a wrong API key or node credential) are counted per client IP too
+(``auth_failure_wait`` / ``auth_failure_record``, rate ``SUANLI_AUTH_FAILURE_RATE``), agents
+included: a blocked client is refused before its credential is looked up.
 """
 
 from __future__ import annotations
@@ -95,5 +99,60 @@ class AnonRateThrottle(_RedisWindowThrottle):
         user = request.user
         if (user is not None and user.is_authenticated) or request.auth is not None:
             return None
-        # REMOTE_ADDR, not X-Forwarded-For, which any client can set (see core.ratelimit).
+        # REMOTE_ADDR, not X-Forwarded-For, which any client can set; behind trusted proxies
+        # core.middleware.TrustedProxyMiddleware has already put the real client there.
         return f"ip:{request.META.get('REMOTE_ADDR', '')}"
+
+
+# --- Failed authentication -------------------------------------------------------------------------
+
+AUTH_FAILURE_SCOPE = "auth_failure"
+
+
+def _auth_failure_window(client_ip: str) -> tuple[str, int, int, float] | None:
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get(AUTH_FAILURE_SCOPE)
+    if not isinstance(rate, str) or not rate:
+        return None
+    limit, period = parse_rate(rate)
+    now = time.time()
+    window = int(now // period)
+    return (
+        f"suanli:throttle:{AUTH_FAILURE_SCOPE}:ip:{client_ip}:{window}",
+        limit,
+        period,
+        (window + 1) * period - now,
+    )
+
+
+def auth_failure_wait(*, client_ip: str) -> float | None:
+    """Seconds until ``client_ip`` may present a credential again; None when it may now.
+
+    A client that failed ``SUANLI_AUTH_FAILURE_RATE`` times in the window is refused before its
+    credential is even looked up, valid or not, so guessing gains nothing while blocked. Fails
+    open (logged) when Redis is unreachable.
+    """
+    window = _auth_failure_window(client_ip)
+    if window is None:
+        return None
+    key, limit, _period, wait = window
+    try:
+        count = redis_client().get(key)
+    except redis.RedisError:
+        log.warning("api.auth_throttle_unavailable", exc_info=True)
+        return None
+    return wait if count is not None and int(count) >= limit else None
+
+
+def auth_failure_record(*, client_ip: str) -> None:
+    """Count one failed API-key or node-credential authentication from ``client_ip``."""
+    window = _auth_failure_window(client_ip)
+    if window is None:
+        return
+    key, _limit, period, _wait = window
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, period + 1)
+            pipe.execute()
+    except redis.RedisError:
+        log.warning("api.auth_throttle_unavailable", exc_info=True)

@@ -37,4 +37,5 @@ urlpatterns = [
     ),
     path("keys/", views.apikey_list, name="apikey_list"),
     path("keys/<int:api_key_id>/revoke/", views.apikey_revoke_view, name="apikey_revoke"),
+    path("profile/ssh-key/", views.ssh_key, name="ssh_key"),
 ]

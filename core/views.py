@@ -22,10 +22,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from config.celery_app import WORKER_SEEN_KEY, app
 from core.errors import NotFound, ValidationFailed
-from core.forms import ApiKeyCreateForm, LoginForm, SignUpForm
+from core.forms import ApiKeyCreateForm, LoginForm, SignUpForm, SshKeyForm
 from core.models import ApiKey
-from core.redis import redis_client
-from core.services import apikey_create, apikey_revoke
+from core.redis import HEARTBEAT_FLUSH_STALL_S, HEARTBEAT_PENDING_SINCE_KEY, redis_client
+from core.services import apikey_create, apikey_revoke, buyer_ssh_key_get, buyer_ssh_key_set
 
 log = logging.getLogger("suanli.portal")
 
@@ -59,6 +59,15 @@ def _celery_ok(client: object | None) -> bool:
     return False
 
 
+def _heartbeat_flush_lag(client: object) -> float | None:
+    """Seconds the oldest unflushed heartbeat has waited, or None when nothing waits."""
+    try:
+        since = client.get(HEARTBEAT_PENDING_SINCE_KEY)  # type: ignore[attr-defined]
+        return None if since is None else max(0.0, time.time() - float(since))
+    except Exception:  # noqa: BLE001 - unknown is not "stalled"; redis is reported on its own
+        return None
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     database = _database_ok()
@@ -68,13 +77,19 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception:  # noqa: BLE001
         redis_ok = False
     celery = _celery_ok(client if redis_ok else None)
-    healthy = database and redis_ok and celery
+    # A worker can be alive while every heartbeat flush fails (node liveness frozen): report it,
+    # only then, so a healthy body keeps its shape.
+    lag = _heartbeat_flush_lag(client) if redis_ok else None
+    flush_stalled = lag is not None and lag > HEARTBEAT_FLUSH_STALL_S
+    healthy = database and redis_ok and celery and not flush_stalled
     body = {
         "status": "ok" if healthy else "degraded",
         "database": "ok" if database else "unavailable",
         "redis": "ok" if redis_ok else "unavailable",
         "celery": "ok" if celery else "no worker seen in the last minute",
     }
+    if flush_stalled:
+        body["heartbeats"] = f"not flushed for {int(lag or 0)} s"
     return JsonResponse(body, status=200 if healthy else 503)
 
 
@@ -204,3 +219,24 @@ def apikey_revoke_view(request: HttpRequest, api_key_id: int) -> HttpResponse:
         messages.info(request, _("The key “%(name)s” is already revoked.") % {"name": api_key.name})
         return redirect("apikey_list")
     return render(request, "core/apikey_revoke.html", {"api_key": api_key})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def ssh_key(request: HttpRequest) -> HttpResponse:
+    """The buyer's SSH public key (the profile key of SSH-mode jobs): show and replace it."""
+    user = _signed_in_user(request)
+    if request.method == "POST":
+        form = SshKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                buyer_ssh_key_set(user=user, ssh_public_key=form.cleaned_data["ssh_public_key"])
+            except ValidationFailed as error:
+                for field_errors in error.fields.values():
+                    form.add_error("ssh_public_key", field_errors)
+            else:
+                messages.success(request, _("Your SSH public key is saved."))
+                return redirect("ssh_key")
+    else:
+        form = SshKeyForm(initial={"ssh_public_key": buyer_ssh_key_get(user=user)})
+    return render(request, "core/ssh_key.html", {"form": form})

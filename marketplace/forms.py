@@ -27,7 +27,12 @@ from marketplace.models import MAX_PRICE_MICROS, Offer, Term
 from marketplace.selectors import OFFER_SORTS, OfferFilters
 from marketplace.services.job_spec import job_spec_parse
 from marketplace.services.jobs import JobSpec
-from marketplace.services.orders import MAX_RESERVATION, min_reservation_message
+from marketplace.services.orders import (
+    MAX_RESERVATION,
+    max_reservation_ahead,
+    max_reservation_ahead_message,
+    min_reservation_message,
+)
 from providers.models import DeviceKind, Vendor
 
 TERM_LABELS: dict[str, Promise] = {
@@ -80,6 +85,7 @@ class MarketFilterForm(NoLabelSuffix, forms.Form):
         decimal_places=3,
         required=False,
     )
+    verified = forms.BooleanField(label=_("Verified nodes only"), required=False)
     sort = forms.ChoiceField(
         label=_("Sort by"), choices=[(s, SORT_LABELS[s]) for s in OFFER_SORTS], required=False
     )
@@ -96,13 +102,17 @@ class MarketFilterForm(NoLabelSuffix, forms.Form):
             max_price_micros=micros(data.get("max_price")),
             min_reliability=data.get("min_reliability"),
             devices=data.get("devices"),
+            # Unticked means "any node", not "unverified nodes only".
+            verified=True if data.get("verified") else None,
             sort=data.get("sort") or "price",
         )
 
     def active(self) -> bool:
         """Whether any filter narrows the list (term and sort do not)."""
         data = self.cleaned_data if self.is_valid() else {}
-        return any(data.get(name) not in (None, "") for name in self.fields if name not in ("term", "sort"))
+        return any(
+            data.get(name) not in (None, "", False) for name in self.fields if name not in ("term", "sort")
+        )
 
 
 # --- Orders -------------------------------------------------------------------------------------
@@ -232,6 +242,8 @@ class OrderForm(NoLabelSuffix, forms.Form):
             if start is not None and end is not None:
                 if start < timezone.now() - timedelta(minutes=1):
                     self.add_error("window_start", _("The window must start in the future."))
+                elif start > timezone.now() + max_reservation_ahead():
+                    self.add_error("window_start", max_reservation_ahead_message())
                 elif end - start < timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S):
                     self.add_error("window_end", min_reservation_message())
                 elif end - start > MAX_RESERVATION:
@@ -330,6 +342,15 @@ class OfferPriceForm(NoLabelSuffix, forms.Form):
         label=_("Spot floor"), min_value=Decimal(0), max_value=MAX_PRICE, decimal_places=6
     )
     listed = forms.BooleanField(label=_("Listed on the market"), required=False)
+    # Empty leaves it as it is (a form from before volumes existed changes nothing).
+    volume_price = forms.DecimalField(
+        label=_("Volume price per GiB-hour"),
+        required=False,
+        min_value=Decimal(0),
+        max_value=MAX_PRICE,
+        decimal_places=6,
+        help_text=_("Persistent volumes buyers keep on this node; 0 offers none."),
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -34,6 +34,8 @@ class Offer(TimeStampedModel):
     listed = models.BooleanField(default=False)
     min_rental_minutes = models.PositiveIntegerField(default=1)
     max_rental_hours = models.PositiveIntegerField(default=24 * 30)
+    # Persistent volumes on this node, per GiB-hour (micro-units); 0: the node offers none.
+    volume_price_micros = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -47,6 +49,40 @@ class Offer(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"offer for node {self.node_id}"
+
+
+class FreeDeviceCount(models.Model):
+    """A node's free devices (healthy devices minus live slots holding one at that second), the
+    same figure ``offers_list`` would compute, for every second in ``[valid_from, valid_until)``.
+
+    Written only by ``offer_free_devices_refresh`` (never by the services that write slots, so
+    none of their transactions waits on it). Times are epoch seconds, the slot spans' unit; the
+    window ends at the next slot start or end on the node, so a reserved window that opens or
+    closes without a write ages the row out instead of making it wrong. A row is trusted only
+    while its node has no ``FreeDeviceChange`` row either (see ``marketplace.selectors``).
+    """
+
+    node = models.OneToOneField(
+        "providers.Node", primary_key=True, on_delete=models.CASCADE, related_name="free_device_count"
+    )
+    devices = models.IntegerField()
+    valid_from = models.BigIntegerField()
+    valid_until = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.devices} free on node {self.node_id} in [{self.valid_from}, {self.valid_until})"
+
+
+class FreeDeviceChange(models.Model):
+    """A node whose free-device count may have changed since it was stored: written by
+    PostgreSQL statement triggers on slot and device writes (migration 0006), in the writer's
+    own transaction, so it becomes visible exactly when the write does; deleted by the refresh
+    that recounts the node. Insert-only for writers: it takes no lock anyone else waits on."""
+
+    node_id = models.BigIntegerField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} changed"
 
 
 class Term(models.TextChoices):
@@ -140,6 +176,9 @@ class Order(TimeStampedModel):
     ports = models.JSONField(default=list)
     runtime = models.CharField(max_length=8, choices=Runtime.choices, default=Runtime.DOCKER)
     restart_on_failure = models.BooleanField(default=False)
+    # Persistent volumes the job mounts: ``[{"id": volume id, "name": "data"}]`` (resolved and
+    # bound to the volume's node when the order is placed; see ``marketplace.services.volumes``).
+    volumes = models.JSONField(default=list, blank=True)
     idempotency_key = models.CharField(max_length=128)
     # SHA-256 of the canonical request: the same key with a different body is a conflict.
     request_hash = models.CharField(max_length=64, default="")
@@ -364,3 +403,114 @@ class JobLogChunk(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} log [{self.offset}, {self.end_offset})"
+
+
+# --- Persistent volumes -------------------------------------------------------------------------
+
+
+class VolumeStatus(models.TextChoices):
+    READY = "ready", "Ready"
+    DELETED = "deleted", "Deleted"
+
+
+class Volume(TimeStampedModel):
+    """A buyer's named disk space on one node, billed per GiB-hour until it is deleted.
+
+    It outlives the jobs that mount it (at ``/volumes/<name>`` inside the job); its agent keeps it
+    under its own state directory. Billing is a ``Lease`` of kind ``volume`` whose "device
+    count" is the size in GiB (``lease_id``, a plain id).
+    """
+
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="volumes")
+    node = models.ForeignKey("providers.Node", on_delete=models.PROTECT, related_name="volumes")
+    name = models.CharField(max_length=63)
+    size_gib = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    price_micros = models.BigIntegerField()  # per GiB-hour, fixed at creation
+    status = models.CharField(max_length=10, choices=VolumeStatus.choices, default=VolumeStatus.READY)
+    lease_id = models.BigIntegerField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=128)
+    request_hash = models.CharField(max_length=64, default="")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["node", "status"], name="volume_node_status")]
+        constraints = [
+            models.UniqueConstraint(fields=["buyer", "idempotency_key"], name="volume_idempotency_unique"),
+            # A job names its volumes by name: one live volume of a name per buyer.
+            models.UniqueConstraint(
+                fields=["buyer", "name"], condition=Q(status="ready"), name="volume_live_name_unique"
+            ),
+            models.CheckConstraint(condition=Q(size_gib__gte=1), name="volume_size_positive"),
+            models.CheckConstraint(condition=Q(price_micros__gte=0), name="volume_price_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"volume {self.pk} {self.name!r} on node {self.node_id} ({self.status})"
+
+
+# --- Outgoing webhooks (issue 13) ----------------------------------------------------------------
+
+
+class WebhookEventType(models.TextChoices):
+    JOB_STARTED = "job.started", "Job started"
+    JOB_ENDED = "job.ended", "Job ended"
+    JOB_PREEMPTED = "job.preempted", "Job preempted (notice given)"
+    JOB_STOPPED_FOR_FUNDS = "job.stopped_for_funds", "Job stopped for funds (notice given)"
+
+
+class WebhookEndpoint(models.Model):
+    """A buyer's URL that receives signed job events. The signing secret is shown once, at
+    creation; it is stored because every delivery is signed with it."""
+
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=80)
+    # Subscribed event types; empty: all of them.
+    events = ArrayField(models.CharField(max_length=32), default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"webhook {self.pk} -> {self.url}"
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint, and the log of its attempts (the buyer sees it)."""
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=32, choices=WebhookEventType.choices)
+    # What makes the event unique (``job.started:42``): emitting it again adds nothing.
+    dedupe_key = models.CharField(max_length=120)
+    body = models.TextField()
+    status = models.CharField(
+        max_length=10, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status_code = models.IntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "dedupe_key"], name="webhook_delivery_once"),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhook_delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} -> endpoint {self.endpoint_id} ({self.status})"

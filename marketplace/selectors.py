@@ -2,39 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import re
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
 from django.db.models import (
-    BigIntegerField,
     Case,
     Count,
     DecimalField,
+    Exists,
     ExpressionWrapper,
     F,
+    Func,
     IntegerField,
     OrderBy,
     OuterRef,
     Prefetch,
     Q,
     QuerySet,
-    Subquery,
     Value,
     When,
     Window,
 )
-from django.db.models.functions import Coalesce, RowNumber, TruncDate
+from django.db.models.functions import Coalesce, NullIf, RowNumber, TruncDate
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from billing.selectors import UsagePoint, usage_series
-from core.errors import NotFound
+from core.errors import NotFound, ValidationFailed
 from marketplace.models import (
-    SPAN_DEVICE_STRIDE,
-    AllocationSlot,
+    FreeDeviceChange,
     Job,
     JobLogChunk,
     JobStatus,
@@ -42,7 +48,7 @@ from marketplace.models import (
     Order,
     SpotPrice,
 )
-from providers.models import Device, DeviceHealth, Node, NodeStatus
+from providers.models import Device, Node, NodeStatus
 
 LOG_READ_MAX_BYTES = 1024 * 1024
 
@@ -108,6 +114,8 @@ class OfferFilters:
     max_price_micros: int | None = None
     min_reliability: Decimal | None = None
     devices: int | None = None
+    # True: only nodes whose hardware passed verification; False: only those that did not.
+    verified: bool | None = None
     sort: str = "price"
 
 
@@ -123,21 +131,24 @@ def epoch_now() -> int:
     return int(timezone.now().timestamp())
 
 
-def busy_devices_subquery(now_epoch: int) -> Subquery:
-    """Devices of the offer's node held by a live slot at ``now_epoch``."""
-    busy = (
-        AllocationSlot.objects.filter(live=True, device__node_id=OuterRef("node_id"))
-        .filter(
-            span__contains=ExpressionWrapper(
-                F("device_id") * SPAN_DEVICE_STRIDE + now_epoch, output_field=BigIntegerField()
-            )
-        )
-        .order_by()
-        .values("device__node_id")
-        .annotate(n=Count("id"))
-        .values("n")
+def free_devices_expression(now_epoch: int) -> Case:
+    """The offer's free devices at ``now_epoch``: the node's stored count when ``now_epoch`` is in
+    its window and no slot or device write has marked the node since, else counted from the rows
+    (``marketplace_node_free_devices``, the refresh's own definition, migration 0006).
+
+    Exact at every moment, between refreshes too: a write's mark commits with the write, so a
+    reader sees both or neither; only the nodes changed since the last refresh cost a count.
+    """
+    stored = Q(
+        node__free_device_count__valid_from__lte=now_epoch,
+        node__free_device_count__valid_until__gt=now_epoch,
+    ) & ~Exists(FreeDeviceChange.objects.filter(node_id=OuterRef("node_id")))
+    counted = Func(
+        F("node_id"), Value(now_epoch), function="marketplace_node_free_devices", output_field=IntegerField()
     )
-    return Subquery(busy, output_field=IntegerField())
+    return Case(
+        When(stored, then=F("node__free_device_count__devices")), default=counted, output_field=IntegerField()
+    )
 
 
 def grid_intensity_expression() -> Case:
@@ -149,32 +160,48 @@ def grid_intensity_expression() -> Case:
     )
 
 
+def device_power_expression() -> Coalesce:
+    """Watts one device of the offer draws: the node's measured power under load
+    (``Node.measured_power_w``, kept by the heartbeat flush) once its agent has reported one, else
+    the catalog TDP. A stored column, so the offer search reads it like any other node field."""
+    return Coalesce(
+        F("node__measured_power_w"),
+        F("accelerator__tdp_watts"),
+        output_field=DecimalField(max_digits=9, decimal_places=1),
+    )
+
+
+def tops_per_watt_expression() -> Case:
+    """Dense INT8 TOPS per watt of ``device_power_expression``; NULL where the catalog has no INT8
+    figure, and (not a division error) for a row without a TDP, the generic CPU."""
+    return Case(
+        When(
+            accelerator__int8_tops__gt=0,
+            then=F("accelerator__int8_tops") / NullIf(device_power_expression(), Value(0)),
+        ),
+        default=None,
+        output_field=DecimalField(max_digits=12, decimal_places=4),
+    )
+
+
 def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
     """Listed offers on online nodes with at least one free device, filtered and sorted.
 
     Annotates ``free_devices``, ``term_price_micros``, ``price_per_pflop_micros`` (the term price
-    per dense FP16 PFLOP-hour) and ``kg_co2e_per_device_hour`` (TDP x PUE x grid intensity).
+    per dense FP16 PFLOP-hour), ``kg_co2e_per_device_hour`` (device power x PUE x grid intensity,
+    the power measured or else the TDP: ``device_power_expression``) and ``tops_per_watt`` (dense
+    INT8 TOPS per watt of that power; None where the catalog has no INT8 figure).
     """
     price_field = TERM_PRICE_FIELD.get(filters.term, "on_demand_price_micros")
-    # Correlated subqueries, not a join + GROUP BY: the planner can then walk offers in the sort
-    # order and stop at the page, instead of sorting every offer x device row first.
-    healthy = Subquery(
-        Device.objects.filter(node_id=OuterRef("node_id"), health=DeviceHealth.OK)
-        .order_by()
-        .values("node_id")
-        .annotate(n=Count("id"))
-        .values("n"),
-        output_field=IntegerField(),
-    )
+    # The stored count (offer_free_devices_refresh) makes this a plain scan of offers; only nodes
+    # changed since the last refresh fall back to counting their rows.
     qs = (
         Offer.objects.filter(listed=True, node__status=NodeStatus.ONLINE)
         .select_related("node", "node__provider", "accelerator")
         .annotate(
             term_price_micros=F(price_field),
-            healthy_devices=Coalesce(healthy, 0),
-            busy_devices=Coalesce(busy_devices_subquery(epoch_now()), 0),
+            free_devices=free_devices_expression(epoch_now()),
         )
-        .annotate(free_devices=F("healthy_devices") - F("busy_devices"))
         .annotate(
             price_per_pflop_micros=Case(
                 When(
@@ -185,14 +212,17 @@ def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
                 output_field=DecimalField(max_digits=30, decimal_places=4),
             ),
             kg_co2e_per_device_hour=ExpressionWrapper(
-                F("accelerator__tdp_watts")
+                device_power_expression()
                 * F("node__pue")
                 * grid_intensity_expression()
                 / Value(Decimal(1000)),
                 output_field=DecimalField(max_digits=12, decimal_places=4),
             ),
+            tops_per_watt=tops_per_watt_expression(),
         )
-        .filter(free_devices__gt=0)
+        # One comparison, not "> 0" and ">= devices": each copy of the expression is compiled and
+        # evaluated again.
+        .filter(free_devices__gte=max(1, filters.devices or 1))
     )
     if filters.kind:
         qs = qs.filter(accelerator__kind=filters.kind)
@@ -211,8 +241,8 @@ def offers_list(*, filters: OfferFilters) -> QuerySet[Offer]:
         qs = qs.filter(**{f"{price_field}__lte": filters.max_price_micros})
     if filters.min_reliability is not None:
         qs = qs.filter(reliability__gte=filters.min_reliability)
-    if filters.devices:
-        qs = qs.filter(free_devices__gte=filters.devices)
+    if filters.verified is not None:
+        qs = qs.filter(node__verified_at__isnull=not filters.verified)
     orderings: dict[str, tuple[str | OrderBy, ...]] = {
         "price": ("term_price_micros", "id"),
         "price_per_pflop": (F("price_per_pflop_micros").asc(nulls_last=True), "id"),
@@ -229,6 +259,344 @@ def offer_get_listed(*, offer_id: int) -> Offer:
     return offer
 
 
+# --- Offer search: one hand-written query per API page -----------------------------------------
+#
+# ``GET /api/v1/offers`` answers from ``offer_search_page``: one query that filters, orders by the
+# page's keyset and stops after ``limit + 1`` rows (an index scan for the price sorts, migration
+# 0007), and that builds each offer's JSON in PostgreSQL, byte for byte what ``OfferSerializer``
+# and DRF's compact JSON renderer make of the ``offers_list`` queryset. Building the page through
+# the ORM cost ~12 ms of Python per request (query compilation, model instances, serialising) for
+# ~1 ms of query. ``offers_list`` stays the reference: the portal reads it, and
+# tests/marketplace/test_offer_search_fast_path.py compares the two on random markets, filters,
+# sorts and cursors. A change to either (a field, a filter, a formula) must be made to both.
+
+# A JSON string from SQL text, escaped as Python's json.dumps(ensure_ascii=False) escapes it.
+_JSON_TEXT = "coalesce(to_json(({})::text)::text, 'null')"
+
+
+def _amount_sql(micros: str) -> str:
+    """``core.money.format_amount`` of an integer micro-units expression, as SQL text: at least
+    two decimals, the rest kept (``1.2345``, ``50.00``)."""
+    frac = f"rtrim(lpad(mod(abs({micros}), 1000000)::text, 6, '0'), '0')"
+    return (
+        f"(CASE WHEN {micros} < 0 THEN '-' ELSE '' END || (abs({micros}) / 1000000)::text || '.' "
+        f"|| {frac} || repeat('0', greatest(0, 2 - length({frac}))))"
+    )
+
+
+def _half_even_sql(value: str, places: int) -> str:
+    """``f"{Decimal(value):.{places}f}"`` as SQL text: Python rounds half to even, PostgreSQL's
+    round() half away from zero. Multiplying numerics is exact, so the digits are Python's."""
+    scaled = f"(({value}) * {10**places})"
+    down = f"floor({scaled})"
+    up = f"CASE WHEN {scaled} - {down} > 0.5 OR ({scaled} - {down} = 0.5 AND mod({down}, 2) <> 0) THEN 1 ELSE 0 END"
+    return f"(({down} + {up}) * {Decimal(1).scaleb(-places)})::text"
+
+
+def _sql_string(text: str) -> str:
+    """A constant from the settings as a standard SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _grid_join() -> str:
+    """The grid intensity table as a join on the offer's region: the values ``offers_list``'s
+    CASE has (the same decimal literals, so the same products), found by one hash probe per offer
+    instead of a comparison per region."""
+    rows = ", ".join(
+        f"({_sql_string(region)}, {Decimal(str(value))})"
+        for region, value in settings.SUANLI_GRID_INTENSITY.items()
+    )
+    table = f"(VALUES {rows})" if rows else "(SELECT NULL::text, NULL::numeric WHERE false)"
+    return f" LEFT JOIN {table} g(region, intensity) ON g.region = o.region"
+
+
+def _offer_search_expressions(price: str) -> dict[str, str]:
+    """The SQL of ``offers_list``'s annotations (the same expressions, so the same numbers), for
+    the term price column ``price``. Settings and constants are written in as the ORM's
+    parameters render them (decimal literals); only the grid's region names are quoted."""
+    power = "COALESCE(n.measured_power_w, a.tdp_watts)"
+    grid = settings.SUANLI_GRID_INTENSITY
+    grid_default = Decimal(str(grid.get("default", 0.48)))
+    grid_cases = " ".join(
+        f"WHEN {_sql_string(region)} THEN {Decimal(str(value))}" for region, value in grid.items()
+    )
+    return {
+        "term_price": f"o.{price}",
+        "free": (
+            "CASE WHEN c.valid_from <= %(t)s::bigint AND c.valid_until > %(t)s::bigint AND ch.node_id IS NULL "
+            "THEN c.devices ELSE marketplace_node_free_devices(o.node_id, %(t)s::bigint) END"
+        ),
+        "pflop": f"CASE WHEN a.fp16_tflops > 0 THEN ((o.{price} * 1000) / a.fp16_tflops) ELSE NULL END",
+        # g: the grid table joined on the offer's region (_grid_join), for offers_list's CASE.
+        "kg": f"((({power} * n.pue) * COALESCE(g.intensity, {grid_default})) / 1000)",
+        # The same figure with offers_list's CASE itself, for the page's few rows.
+        "kg_case": f"((({power} * n.pue) * CASE o.region {grid_cases} ELSE {grid_default} END) / 1000)",
+        "tops": f"CASE WHEN a.int8_tops > 0 THEN (a.int8_tops / NULLIF({power}, 0)) ELSE NULL END",
+    }
+
+
+def _offer_json_sql(e: dict[str, str]) -> tuple[str, str]:
+    """An offer's JSON as two SQL text expressions, before and after the node's ``software`` (a
+    jsonb, whose text PostgreSQL spaces differently: Python renders it, ``_software_json``)."""
+    # int(Decimal(value)) of the per-PFLOP price: truncated toward zero.
+    pflop_micros = f"trunc({e['pflop']})::bigint"
+    head = (
+        '\'{"id":\' || o.id || \',"node":{"id":\' || n.id'
+        f" || ',\"name\":' || {_JSON_TEXT.format('n.name')}"
+        f" || ',\"provider\":' || {_JSON_TEXT.format('p.name')}"
+        f" || ',\"region\":' || {_JSON_TEXT.format('n.region')}"
+        f" || ',\"cluster\":' || {_JSON_TEXT.format('n.cluster')}"
+        " || ',\"software\":'"
+    )
+    tail = (
+        "',\"pue\":\"' || n.pue::text || '\"'"
+        " || ',\"measured_power_w\":' || coalesce('\"' || n.measured_power_w::text || '\"', 'null')"
+        " || ',\"verified\":' || CASE WHEN n.verified_at IS NULL THEN 'false' ELSE 'true' END"
+        ' || \'},"accelerator":{"id":\' || a.id'
+        f" || ',\"vendor\":' || {_JSON_TEXT.format('a.vendor')}"
+        f" || ',\"model\":' || {_JSON_TEXT.format('a.model')}"
+        f" || ',\"kind\":' || {_JSON_TEXT.format('a.kind')}"
+        " || ',\"memory_gib\":' || a.memory_gib"
+        " || ',\"fp16_tflops\":\"' || a.fp16_tflops::text || '\"'"
+        " || ',\"int8_tops\":\"' || a.int8_tops::text || '\"'"
+        " || ',\"tdp_watts\":' || a.tdp_watts"
+        " || '},\"device_count\":' || o.device_count"
+        f" || ',\"free_devices\":' || ({e['free']})"
+        f" || ',\"region\":' || {_JSON_TEXT.format('o.region')}"
+        f' || \',"on_demand_price":"\' || {_amount_sql("o.on_demand_price_micros")}'
+        f' || \'","reserved_price":"\' || {_amount_sql("o.reserved_price_micros")}'
+        f' || \'","spot_floor":"\' || {_amount_sql("o.spot_floor_micros")}'
+        f' || \'","volume_price":"\' || {_amount_sql("o.volume_price_micros")}'
+        ' || \'","currency":\' || %(currency)s::text'
+        f" || ',\"price_per_pflop_hour\":' || coalesce('\"' || {_amount_sql(pflop_micros)} || '\"', 'null')"
+        f" || ',\"kg_co2e_per_device_hour\":' || coalesce('\"' || {_half_even_sql(e['kg'], 3)} || '\"', 'null')"
+        f" || ',\"tops_per_watt\":' || coalesce('\"' || {_half_even_sql(e['tops'], 2)} || '\"', 'null')"
+        ' || \',"reliability":"\' || o.reliability::text'
+        ' || \'","min_rental_minutes":\' || o.min_rental_minutes'
+        " || ',\"max_rental_hours\":' || o.max_rental_hours"
+        ' || \',"updated_at":"\' || to_char(o.updated_at AT TIME ZONE %(tz)s::text, \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+        " || '\"}'"
+    )
+    return head, tail
+
+
+# Per sort: the keyset (see core.api.KeysetPagination), as (expression name or SQL, descending,
+# type of the cursor value). The API's OFFER_KEYSETS, in SQL.
+OFFER_SEARCH_KEYSETS: dict[str, tuple[tuple[str, bool, type], ...]] = {
+    "price": (("term_price", False, int), ("o.id", False, int)),
+    "price_per_pflop": (("pflop_sort", False, Decimal), ("o.id", False, int)),
+    "reliability": (("o.reliability", True, Decimal), ("term_price", False, int), ("o.id", False, int)),
+    "carbon": (("kg", False, Decimal), ("term_price", False, int), ("o.id", False, int)),
+}
+# A price per PFLOP-hour sorts after every real one when the model has no FP16 figure.
+NO_PFLOP_PRICE = Decimal("1e20")
+_BIGINT = 2**63
+
+
+@dataclass(frozen=True)
+class OfferPage:
+    # Each offer as compact JSON text, in order: the API's OfferSerializer shape.
+    offers_json: list[str]
+    # The keyset values of the page's last row when more rows follow (the next cursor), else None.
+    next_values: list[Any] | None
+
+
+def offer_search_cursor(*, sort: str, values: list[Any]) -> list[int | Decimal]:
+    """The values of a decoded cursor, checked against the sort's keyset: whole numbers in the
+    bigint range for integer keys, finite decimals (a string, as the next link writes them, or a
+    number) for decimal keys. Anything else is ``ValidationFailed`` on ``cursor``, never a query
+    error."""
+    keys = OFFER_SEARCH_KEYSETS[sort if sort in OFFER_SEARCH_KEYSETS else "price"]
+    out: list[int | Decimal] = []
+    for (_name, _desc, kind), value in zip(keys, values, strict=True):
+        checked: int | Decimal | None = None
+        if isinstance(value, bool):
+            checked = None
+        elif kind is int and isinstance(value, int) and -_BIGINT <= value < _BIGINT:
+            checked = value
+        elif kind is Decimal and isinstance(value, int | float | str):
+            try:
+                number = Decimal(value if isinstance(value, str) else str(value))
+            except ArithmeticError:
+                number = None
+            # Within PostgreSQL numeric's range by far; beyond it a cursor is a forgery anyway.
+            if number is not None and number.is_finite() and abs(number.adjusted()) < 1000:
+                checked = number
+        if checked is None:
+            raise ValidationFailed(_("Invalid cursor."), fields={"cursor": _("Use the next link as given.")})
+        out.append(checked)
+    return out
+
+
+def offer_search_page(
+    *, filters: OfferFilters, model: str | None = None, after: list[Any] | None = None, limit: int = 50
+) -> OfferPage:
+    """One page of ``offers_list(filters=filters)`` ordered by the sort's keyset, after the cursor
+    values ``after`` (checked by ``offer_search_cursor``), as the API renders it: the same rows,
+    order and JSON, in one query. ``model`` matches like the API's ``model`` parameter (a catalog
+    model, a name vendor tools print, or a model prefix, case-insensitively)."""
+    sort = filters.sort if filters.sort in OFFER_SEARCH_KEYSETS else "price"
+    e = _offer_search_expressions(TERM_PRICE_FIELD.get(filters.term, "on_demand_price_micros"))
+    e["pflop_sort"] = f"COALESCE({e['pflop']}, {NO_PFLOP_PRICE})"
+    params: dict[str, Any] = {
+        "t": epoch_now(),
+        "currency": json.dumps(str(settings.SUANLI_CURRENCY), ensure_ascii=False),
+        "tz": settings.TIME_ZONE,
+        "min_free": max(1, filters.devices or 1),
+        "online": NodeStatus.ONLINE.value,
+    }
+    # Every value from the request is a parameter, cast to its column's type (the statement is
+    # prepared: ``_offer_search_execute``).
+    where = ["o.listed", "n.status = %(online)s::text", f"({e['free']}) >= %(min_free)s::bigint"]
+    if filters.kind:
+        where.append("a.kind = %(kind)s::text")
+        params["kind"] = filters.kind
+    if filters.vendor:
+        where.append("a.vendor = %(vendor)s::text")
+        params["vendor"] = filters.vendor
+    # Django's iexact and istartswith escape LIKE wildcards in the value (even for "="): so here.
+    if filters.model:
+        where.append(
+            "(UPPER(a.model::text) = UPPER(%(fmodel)s::text)"
+            " OR a.match_names @> (ARRAY[%(fmodel_raw)s::text])::varchar(64)[])"
+        )
+        params["fmodel"] = connection.ops.prep_for_like_query(filters.model)
+        params["fmodel_raw"] = filters.model
+    if model:
+        where.append(
+            "(UPPER(a.model::text) = UPPER(%(model)s::text)"
+            " OR a.match_names @> (ARRAY[%(model_raw)s::text])::varchar(64)[]"
+            " OR UPPER(a.model::text) LIKE UPPER(%(model_prefix)s::text))"
+        )
+        escaped = connection.ops.prep_for_like_query(model)
+        params.update(model=escaped, model_raw=model, model_prefix=f"{escaped}%")
+    if filters.min_memory_gib:
+        where.append("a.memory_gib >= %(min_memory_gib)s::bigint")
+        params["min_memory_gib"] = filters.min_memory_gib
+    if filters.region:
+        where.append("o.region = %(region)s::text")
+        params["region"] = filters.region
+    if filters.max_price_micros is not None:
+        where.append(f"{e['term_price']} <= %(max_price)s::bigint")
+        # Prices are at most MAX_PRICE_MICROS: clamping a bound beyond bigint changes no result.
+        params["max_price"] = max(-_BIGINT, min(filters.max_price_micros, _BIGINT - 1))
+    if filters.min_reliability is not None:
+        where.append("o.reliability >= %(min_reliability)s::numeric")
+        params["min_reliability"] = filters.min_reliability
+    if filters.verified is not None:
+        where.append(f"n.verified_at IS {'NOT ' if filters.verified else ''}NULL")
+    keys = OFFER_SEARCH_KEYSETS[sort]
+    key_sql = [e.get(name, name) for name, _desc, _kind in keys]
+    if after is not None:
+        bounds = []
+        for i, (value, (_name, _desc, kind)) in enumerate(zip(after, keys, strict=True)):
+            params[f"after{i}"] = value
+            bounds.append(f"%(after{i})s::{'bigint' if kind is int else 'numeric'}")
+        if not any(desc for _name, desc, _kind in keys):
+            # One direction: a row comparison, which an index on the keys can start from.
+            where.append(f"({', '.join(key_sql)}) > ({', '.join(bounds)})")
+        else:
+            # KeysetPagination._after's condition: a key beyond the cursor, every earlier one equal.
+            steps = []
+            for i, (_name, desc, _kind) in enumerate(keys):
+                equal = [f"{key_sql[j]} = {bounds[j]}" for j in range(i)]
+                steps.append(" AND ".join([*equal, f"{key_sql[i]} {'<' if desc else '>'} {bounds[i]}"]))
+            where.append("(" + " OR ".join(f"({step})" for step in steps) + ")")
+    # Two levels: the inner query finds the page's offers carrying only the columns that filter and
+    # order them (a full sort, carbon or price per PFLOP, hashes a few thousand narrow rows, not
+    # wide ones with names and software); the outer one builds those few rows' JSON.
+    head, tail = _offer_json_sql({**e, "free": "k.free", "pflop": "x.pflop", "kg": "x.kg", "tops": "x.tops"})
+    grid = _grid_join()
+    keys_out = ", ".join(f"{sql} AS k{i}" for i, sql in enumerate(key_sql))
+    order_in = ", ".join(
+        f"{sql} {'DESC' if desc else 'ASC'}" for sql, (_n, desc, _k) in zip(key_sql, keys, strict=True)
+    )
+    order_out = ", ".join(f"k.k{i} {'DESC' if desc else 'ASC'}" for i, (_n, desc, _k) in enumerate(keys))
+    sql = (
+        # Only constant SQL is formatted in; every value from the request is a parameter.
+        f"SELECT {', '.join(f'k.k{i}' for i in range(len(keys)))}, {head}, n.software::text, {tail}"  # noqa: S608
+        f" FROM (SELECT o.id AS offer_id, ({e['free']}) AS free, {keys_out}"
+        " FROM marketplace_offer o"
+        " JOIN providers_node n ON n.id = o.node_id"
+        " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
+        " LEFT JOIN marketplace_freedevicecount c ON c.node_id = o.node_id"
+        # free_devices_expression's NOT EXISTS, as a join: the planner priced that subquery per row
+        # as an index probe and chose to hash-join and sort every offer instead of walking an
+        # index in the page's order (the marks are few; this is one small hash).
+        " LEFT JOIN (SELECT DISTINCT node_id FROM marketplace_freedevicechange) ch ON ch.node_id = o.node_id"
+        # Only the carbon sort needs the grid to choose the page (a join the planner would
+        # otherwise weigh against walking the price or reliability index).
+        f"{grid if sort == 'carbon' else ''}"
+        f" WHERE {' AND '.join(where)}"
+        # The limit written in (a whole number from the paginator), not a parameter: a prepared
+        # statement's generic plan would assume a tenth of the rows and hash-join them all.
+        f" ORDER BY {order_in} LIMIT {int(limit) + 1}) k"
+        # By primary key, row by row (OFFSET 0 keeps the planner from flattening it into a hash
+        # join that scans every offer for the page's few).
+        " CROSS JOIN LATERAL (SELECT * FROM marketplace_offer WHERE id = k.offer_id OFFSET 0) o"
+        " JOIN providers_node n ON n.id = o.node_id"
+        " JOIN providers_provider p ON p.id = n.provider_id"
+        " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
+        # Each figure once per row (OFFSET 0: not pulled up into the JSON, which spells each
+        # figure several times over to round and format it).
+        f" CROSS JOIN LATERAL (SELECT {e['pflop']} AS pflop, {e['kg_case']} AS kg, {e['tops']} AS tops OFFSET 0) x"
+        f" ORDER BY {order_out}"
+    )
+    rows = _offer_search_execute(sql, params)
+    n_keys = len(keys)
+    next_values = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_values = [str(v) if isinstance(v, Decimal) else v for v in rows[-1][:n_keys]]
+    return OfferPage(
+        offers_json=[f"{row[n_keys]}{_software_json(row[n_keys + 1])}{row[n_keys + 2]}" for row in rows],
+        next_values=next_values,
+    )
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+# Statements prepared on each database connection (a connection's are gone with it).
+_PREPARED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+# Each combination of filters, sort and cursor is its own statement: a few dozen in practice. Past
+# this many on one connection, the rest run unprepared rather than pile up in the server.
+PREPARED_PER_CONNECTION = 256
+
+
+def _offer_search_execute(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (``%(name)s`` placeholders) as a prepared statement of this connection.
+
+    Planning the search took as long as running it (1-5 ms: a wide select list, five tables);
+    a prepared statement is planned once per connection, or re-planned per call only while
+    PostgreSQL finds custom plans cheaper. Values go in ``EXECUTE``'s arguments, typed by the
+    casts in ``sql``."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    statement = _PLACEHOLDER.sub(number, sql)
+    name = "offer_search_" + hashlib.blake2b(statement.encode(), digest_size=12).hexdigest()
+    with connection.cursor() as cursor:
+        prepared = _PREPARED.setdefault(connection.connection, set())
+        if name not in prepared:
+            if len(prepared) >= PREPARED_PER_CONNECTION:
+                cursor.execute(sql, params)
+                return cursor.fetchall()
+            cursor.execute(f"PREPARE {name} AS {statement}")
+            prepared.add(name)
+        cursor.execute(f"EXECUTE {name}({', '.join(['%s'] * len(names))})", [params[n] for n in names])
+        return cursor.fetchall()
+
+
+@functools.lru_cache(maxsize=1024)
+def _software_json(text: str) -> str:
+    """A node's ``software`` (jsonb text) as the API renders it: read as Django's JSONField reads
+    it, written as DRF's compact renderer writes it. Cached: most nodes report the same few."""
+    return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+
+
 # --- Portal reads ------------------------------------------------------------------------------
 
 
@@ -242,7 +610,9 @@ def offer_get_public(*, offer_id: int) -> Offer:
     offer = (
         Offer.objects.filter(pk=offer_id, listed=True)
         .select_related("node", "node__provider", "accelerator")
-        .annotate(free_devices=Value(0, output_field=IntegerField()))
+        .annotate(
+            free_devices=Value(0, output_field=IntegerField()), tops_per_watt=tops_per_watt_expression()
+        )
         .first()
     )
     if offer is None:

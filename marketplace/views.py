@@ -22,6 +22,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
@@ -46,10 +47,15 @@ from marketplace.labels import (
 )
 from marketplace.matching.market import Reason, ReasonCode
 from marketplace.models import JOB_ENDED, Job, JobStatus, Offer, Order, OrderStatus, StopReason, Term
-from marketplace.services.jobs import job_stop_request
 from marketplace.services.matching import order_explain
 from marketplace.services.offers import OfferChange, offer_update
-from marketplace.services.orders import OrderRequest, order_cancel, order_place
+from marketplace.services.orders import (
+    OrderRequest,
+    order_cancel,
+    order_cancel_fee_micros,
+    order_job_stop,
+    order_place,
+)
 from providers.services import heartbeat_latest
 from providers.verification import verification_rows
 
@@ -95,6 +101,8 @@ def _empty_reasons(form: MarketFilterForm) -> list[str]:
         reasons.append(_("New nodes start at a reliability of 0.600; a high minimum leaves them out."))
     if data.get("devices"):
         reasons.append(_("Nodes with fewer free devices than you asked for are left out."))
+    if data.get("verified"):
+        reasons.append(_("Nodes whose hardware has not passed verification are left out."))
     if data.get("region") or data.get("model"):
         reasons.append(
             _("Model and region must match exactly (the model also matches the names vendor tools print).")
@@ -403,6 +411,12 @@ REASON_TEXT: dict[str, Promise] = {
     ReasonCode.MEMORY_BELOW_MIN: gettext_lazy("%(nodes)s node(s) have less device memory than required."),
     ReasonCode.SOFTWARE_UNSATISFIED: gettext_lazy("%(nodes)s node(s) lack the required software."),
     ReasonCode.RELIABILITY_BELOW_MIN: gettext_lazy("%(nodes)s node(s) are below the minimum reliability."),
+    ReasonCode.WINDOW_SHORTER_THAN_MIN_RENTAL: gettext_lazy(
+        "%(nodes)s node(s) do not rent for a window this short (their minimum rental is longer)."
+    ),
+    ReasonCode.WINDOW_LONGER_THAN_MAX_RENTAL: gettext_lazy(
+        "%(nodes)s node(s) do not rent for a window this long (their maximum rental is shorter)."
+    ),
     ReasonCode.NODE_TOO_SMALL: gettext_lazy("%(nodes)s node(s) have fewer devices than requested."),
     ReasonCode.PRICE_LIMIT_BELOW_FLOOR: gettext_lazy(
         "Your price limit is below the lowest provider price (%(price)s)."
@@ -410,7 +424,10 @@ REASON_TEXT: dict[str, Promise] = {
     ReasonCode.NO_CLUSTER_FITS_GANG: gettext_lazy(
         "No cluster has enough free nodes for all of them at once."
     ),
-    ReasonCode.CAPACITY_BUSY: gettext_lazy("Every matching device is busy now."),
+    ReasonCode.CAPACITY_BUSY: gettext_lazy(
+        "Every matching device is busy now, or went to orders ahead of yours this round (a higher"
+        " price limit, or the same limit placed earlier; waiting raises your place in line)."
+    ),
     ReasonCode.OUTBID: gettext_lazy("Outbid: the pool's last clearing price was %(price)s."),
 }
 
@@ -463,8 +480,22 @@ def order_cancel_view(request: HttpRequest, order_id: int) -> HttpResponse:
     except NotFound as error:
         raise _not_found(error) from error
     if request.method == "POST":
-        order = order_cancel(order=order)
-        if order.status == OrderStatus.CANCELLED:
+        try:
+            order = order_cancel(order=order)
+        except SuanliError as error:  # e.g. the matcher or an agent moved it at the same moment
+            messages.error(request, error.message)
+            return redirect("marketplace:order_detail", order_id=order.pk)
+        fee = order_cancel_fee_micros(order=order) if order.status == OrderStatus.CANCELLED else 0
+        if fee:
+            messages.success(
+                request,
+                _(
+                    "Order %(id)s is cancelled; the booked amount is back in your wallet, less the "
+                    "cancellation fee of %(fee)s."
+                )
+                % {"id": order.pk, "fee": format_money(fee)},
+            )
+        elif order.status == OrderStatus.CANCELLED:
             messages.success(
                 request,
                 _("Order %(id)s is cancelled; the money set aside is back in your wallet.")
@@ -476,7 +507,19 @@ def order_cancel_view(request: HttpRequest, order_id: int) -> HttpResponse:
             )
         return redirect("marketplace:order_detail", order_id=order.pk)
     _decorate_order(order)
-    return render(request, "marketplace/order_cancel.html", {"order": order})
+    # A booked reservation whose window has not started is cancelled, not stopped (order_cancel).
+    reservation_before_window = (
+        order.term == Term.RESERVED
+        and order.status == OrderStatus.ALLOCATED
+        and order.window_start is not None
+        and timezone.now() < order.window_start
+    )
+    context = {
+        "order": order,
+        "reservation_before_window": reservation_before_window,
+        "cancel_fee": format_money(order_cancel_fee_micros(order=order)) if reservation_before_window else "",
+    }
+    return render(request, "marketplace/order_cancel.html", context)
 
 
 @login_required
@@ -509,11 +552,31 @@ def job_stop_view(request: HttpRequest, job_id: int) -> HttpResponse:
     except NotFound as error:
         raise _not_found(error) from error
     if request.method == "POST":
-        job_stop_request(job=job, reason=StopReason.BUYER)
-        messages.success(
-            request,
-            _("Job %(id)s is stopping; billing ends when its agent reports it stopped.") % {"id": job.pk},
+        order_id = job.order_id
+        try:
+            # Before a reserved window this cancels the reservation (order_job_stop).
+            job = order_job_stop(job=job)
+        except SuanliError as error:
+            messages.error(request, error.message)
+            return redirect("marketplace:job_detail", job_id=job.pk)
+        cancelled = (
+            order_id is not None
+            and Order.objects.filter(pk=order_id, status=OrderStatus.CANCELLED, term=Term.RESERVED).exists()
         )
+        if cancelled:
+            messages.success(
+                request,
+                _(
+                    "Job %(id)s is stopped and its reservation cancelled; the booked amount is back in "
+                    "your wallet, less the cancellation fee."
+                )
+                % {"id": job.pk},
+            )
+        else:
+            messages.success(
+                request,
+                _("Job %(id)s is stopping; billing ends when its agent reports it stopped.") % {"id": job.pk},
+            )
         return redirect("marketplace:job_detail", job_id=job.pk)
     if job.status in JOB_ENDED:
         messages.info(request, _("Job %(id)s has already ended.") % {"id": job.pk})
@@ -592,6 +655,7 @@ def _price_form(node: Any, data: Any = None) -> OfferPriceForm:
             "reserved_price": format_amount(offer.reserved_price_micros),
             "spot_floor": format_amount(offer.spot_floor_micros),
             "listed": offer.listed,
+            "volume_price": format_amount(offer.volume_price_micros),
         }
     return OfferPriceForm(data, initial=initial, prefix=f"node-{node.pk}")
 
@@ -637,6 +701,9 @@ def pricing_update(request: HttpRequest, node_id: int) -> HttpResponse:
                     reserved_price_micros=form.micros("reserved_price"),
                     spot_floor_micros=form.micros("spot_floor"),
                     listed=form.cleaned_data["listed"],
+                    volume_price_micros=(
+                        None if form.cleaned_data.get("volume_price") is None else form.micros("volume_price")
+                    ),
                 ),
             )
         except ValidationFailed as error:

@@ -9,6 +9,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from core.auth import credential_attempt_allow, credential_failure_record
 from providers.models import Node
 from providers.services import node_authenticate
 
@@ -39,8 +40,10 @@ class NodeCredentialAuthentication(authentication.BaseAuthentication):
         token = token.strip()
         if scheme != self.keyword or not token.startswith("nc_"):
             return None
+        credential_attempt_allow(request)
         node = node_authenticate(token)
         if node is None:
+            credential_failure_record(request)
             raise exceptions.AuthenticationFailed("Invalid node credential, or the node was retired.")
         return NodeAgent(node), node
 

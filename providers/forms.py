@@ -1,4 +1,4 @@
-"""Portal forms of providers: start selling, and a node's join token."""
+"""Portal forms of providers: start selling, a node's join token, and a node's settings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from core.forms import NoLabelSuffix
-from providers.models import Provider
+from providers.models import PUE_MAX, PUE_MIN, Provider
 
 
 class ProviderCreateForm(NoLabelSuffix, forms.Form):
@@ -42,3 +42,18 @@ class JoinTokenForm(NoLabelSuffix, forms.Form):
         if len(providers) == 1:
             field.widget = forms.HiddenInput()
             field.initial = providers[0].pk
+
+
+class NodeSettingsForm(NoLabelSuffix, forms.Form):
+    pue = forms.DecimalField(
+        label=_("PUE (power usage effectiveness)"),
+        min_value=PUE_MIN,
+        max_value=PUE_MAX,
+        max_digits=5,
+        decimal_places=2,
+        # The bounds written out: a lazy string formatted here would be translated at import.
+        help_text=_(
+            "The site's total power divided by the power of its IT equipment, from 1.00 to 3.00 "
+            "(e.g. 1.25). It scales the carbon estimate buyers see on your offer."
+        ),
+    )

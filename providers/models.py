@@ -111,12 +111,20 @@ class NodeStatus(models.TextChoices):
     RETIRED = "retired", "Retired"
 
 
+# The PUE a provider may declare: 1.00 is a perfect data centre; above 3.00 is a typo, not a site.
+PUE_MIN = Decimal("1.00")
+PUE_MAX = Decimal("3.00")
+
+
 class Node(TimeStampedModel):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="nodes")
     name = models.CharField(max_length=128)
     region = models.CharField(max_length=32, db_index=True)
     # Fabric domain: a multi-node (gang) order lands inside one cluster.
     cluster = models.CharField(max_length=64, blank=True)
+    # Where buyers reach the node's jobs (an IP or DNS name): reported by the agent at
+    # registration and in heartbeats (``--public-address``, else its primary outbound address).
+    public_address = models.CharField(max_length=253, blank=True)
     status = models.CharField(
         max_length=10, choices=NodeStatus.choices, default=NodeStatus.PENDING, db_index=True
     )
@@ -133,8 +141,19 @@ class Node(TimeStampedModel):
         max_digits=4,
         decimal_places=2,
         default=Decimal("1.40"),
-        validators=[MinValueValidator(Decimal("1.00")), MaxValueValidator(Decimal("3.00"))],
+        validators=[MinValueValidator(PUE_MIN), MaxValueValidator(PUE_MAX)],
         help_text="Declared power usage effectiveness of the data centre.",
+    )
+    # Mean power of one of the node's devices while in use (utilisation at least
+    # ``MEASURED_POWER_MIN_UTILIZATION_PCT``), from the agents' heartbeats: a time-weighted moving
+    # average kept by ``heartbeats_flush``. None until a busy device has reported its power; the
+    # offer's carbon estimate and TOPS/W use it instead of the catalog TDP when set.
+    measured_power_w = models.DecimalField(
+        max_digits=7,
+        decimal_places=1,
+        null=True,
+        blank=True,
+        help_text="Measured mean power of one device under load, W (None: not measured yet).",
     )
     # What the agent reported, checked against the catalog at registration (providers.verification);
     # ``verified_at`` is when every check passed (None: not verified, or a check failed).

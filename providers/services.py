@@ -7,26 +7,31 @@ entropy, so no slow hash is needed) authenticates it, and the string itself is s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core.errors import Conflict, SuanliError, ValidationFailed
-from core.redis import redis_client
+from core.redis import HEARTBEAT_PENDING_SINCE_KEY, redis_client
 from core.services import hash_secret
 from providers.models import (
+    PUE_MAX,
+    PUE_MIN,
     AcceleratorModel,
     Device,
     DeviceHealth,
@@ -143,6 +148,36 @@ def provider_create(*, owner: User, name: str) -> Provider:
     return provider
 
 
+# --- Node settings -----------------------------------------------------------------------------
+
+
+def node_pue_set(*, node: Node, pue: Decimal) -> Node:
+    """Set the node's declared PUE (power usage effectiveness), which scales its offer's carbon
+    estimate.
+
+    Contract: ``pue`` is a finite decimal from 1.00 to 3.00 with at most two decimal places;
+    anything else is ``ValidationFailed`` naming the ``pue`` field and nothing changes. One
+    single-column update, so it never races the heartbeat flush or price changes on the same row.
+    Returns ``node`` with the new value.
+    """
+    message = _("Enter a number from %(min)s to %(max)s with at most two decimal places, e.g. 1.25.") % {
+        "min": PUE_MIN,
+        "max": PUE_MAX,
+    }
+    if (
+        not isinstance(pue, Decimal)
+        or not pue.is_finite()
+        or not PUE_MIN <= pue <= PUE_MAX
+        or pue != pue.quantize(Decimal("0.01"))
+    ):
+        raise ValidationFailed(message, fields={"pue": message})
+    pue = pue.quantize(Decimal("0.01"))
+    Node.objects.filter(pk=node.pk).update(pue=pue, updated_at=timezone.now())
+    node.pue = pue
+    log.info("node.pue_set node_id=%s pue=%s", node.pk, pue)
+    return node
+
+
 # --- Registration ------------------------------------------------------------------------------
 
 
@@ -153,6 +188,37 @@ class HostIn:
     memory_mib: int
     disk_gib: int
     nics: list[dict[str, Any]]
+    public_address: str = ""
+
+
+# A node's public address: an IP literal or a DNS host name (RFC 1123 labels), nothing else. It is
+# shown to buyers and pasted into their `ssh` command lines, so no spaces, options or user@ parts.
+PUBLIC_ADDRESS_MAX = 253
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_ADDRESS_CHARS_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
+
+
+def public_address_problem(value: object) -> str | None:
+    """Why ``value`` is not a usable public address (an IP or a host name), or None."""
+    if not isinstance(value, str):
+        return _("An IP address or a host name.")
+    if not value or len(value) > PUBLIC_ADDRESS_MAX or "\x00" in value:
+        return _("An IP address or a host name of at most %(count)s characters.") % {
+            "count": PUBLIC_ADDRESS_MAX
+        }
+    # Letters, digits, ".", ":" and "-" only: an IPv6 zone ("fe80::1%eth0") means nothing to a
+    # buyer elsewhere, and ipaddress would accept any text after its "%".
+    if not _ADDRESS_CHARS_RE.match(value):
+        return _("An IP address or a host name.")
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if all(_HOST_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit():
+        return None
+    return _("An IP address or a host name.")
 
 
 @dataclass(frozen=True)
@@ -291,6 +357,7 @@ def node_register(*, token: str, name: str, agent_version: str, inventory: Inven
                 memory_mib=host.memory_mib,
                 disk_gib=host.disk_gib,
                 network=host.nics,
+                public_address=host.public_address,
                 software=inventory.software,
                 verification=verification,
                 verified_at=now if verification["passed"] else None,
@@ -385,13 +452,36 @@ class HeartbeatIn:
     agent_version: str
     running_jobs: list[int]
     devices: list[DeviceReading]
+    # "" when the agent did not say (older agents): the stored address stays.
+    public_address: str = ""
+
+
+def node_public_address_set(*, node: Node, address: str) -> bool:
+    """Store the node's public address if it changed; True when a row was written.
+
+    A single-column conditional update, so it never races the heartbeat flush or a provider's
+    edits of other columns. ``node`` (possibly the credential cache's copy) is updated in place,
+    so the next heartbeats through the same process skip the write.
+    """
+    if not address or node.public_address == address:
+        return False
+    changed = (
+        Node.objects.filter(pk=node.pk)
+        .exclude(public_address=address)
+        .update(public_address=address, updated_at=timezone.now())
+    )
+    node.public_address = address
+    if changed:
+        log.info("node.public_address node_id=%s address=%s", node.pk, address)
+    return bool(changed)
 
 
 def heartbeat_record(*, node: Node, payload: HeartbeatIn, now: float | None = None) -> None:
     """Record a heartbeat in Redis only (one pipeline, one round trip).
 
     The hot path never writes PostgreSQL: ``heartbeats_flush`` moves the latest heartbeat of
-    every node there in bulk, every few seconds.
+    every node there in bulk, every few seconds. The one exception is a changed public address
+    (``node_public_address_set``), written once when it changes.
     """
     seen = time.time() if now is None else now
     devices = [
@@ -419,7 +509,11 @@ def heartbeat_record(*, node: Node, payload: HeartbeatIn, now: float | None = No
     )
     pipe.expire(key, HEARTBEAT_KEY_TTL_S)
     pipe.sadd(HEARTBEAT_DIRTY_KEY, node.pk)
+    pipe.set(HEARTBEAT_PENDING_SINCE_KEY, f"{seen:.3f}", nx=True)
     pipe.execute()
+    # The address rarely changes: PostgreSQL is written only when it does (a new IP after a
+    # reboot, a provider's --public-address), never on a steady heartbeat.
+    node_public_address_set(node=node, address=payload.public_address)
 
 
 def heartbeat_latest(*, node_id: int) -> dict[str, Any] | None:
@@ -438,36 +532,54 @@ def heartbeat_latest(*, node_id: int) -> dict[str, Any] | None:
 
 _HEALTH_VALUES = frozenset(DeviceHealth.values)
 _FLUSH_BATCH = 1000
+# A node's measured power is that of its devices in use: an idle device draws a fraction of its
+# TDP, and averaging idle readings in would make an unused node look green to the buyer who is
+# about to load it. Readings from devices at this utilisation or above count.
+MEASURED_POWER_MIN_UTILIZATION_PCT = 50.0
+# Time constant of the node's moving average of measured power: a reading moves it by
+# (seconds since the previous heartbeat) / this, so an hour of load mostly replaces the old figure.
+MEASURED_POWER_TAU_S = 3600
+_POWER_MAX_W = 100_000.0  # the heartbeat serializer's bound
 
 
 def heartbeats_flush(*, now: datetime | None = None) -> int:
     """Move the latest Redis heartbeat of every node that sent one into PostgreSQL, in bulk.
 
     Contract: sets ``last_heartbeat_at`` (never backwards), ``agent_version`` and device health,
-    and moves ``pending``/``suspect``/``offline`` nodes whose heartbeat is fresh to ``online``.
+    moves ``pending``/``suspect``/``offline`` nodes whose heartbeat is fresh to ``online``, and
+    folds the mean power of the node's busy devices into ``measured_power_w`` (a time-weighted
+    moving average; a heartbeat with no busy device leaves it as it was).
     Safe to run twice or concurrently (a node is claimed from the dirty set by ``SPOP``; the
-    update is a no-op for an older heartbeat). On a database error the claimed nodes are put
-    back. Returns the number of nodes flushed.
+    update is a no-op for an older heartbeat). One node's bad data never stops the others: an
+    entry that cannot be read, or that PostgreSQL refuses, is logged and discarded. On any other
+    error (Redis or the database down) the claimed nodes are put back and the error raised.
+    Returns the number of nodes flushed.
     """
     client = redis_client()
     total = 0
     while True:
-        raw_ids = client.spop(HEARTBEAT_DIRTY_KEY, _FLUSH_BATCH)
+        raw_ids = cast(list[bytes], client.spop(HEARTBEAT_DIRTY_KEY, _FLUSH_BATCH))
         if not raw_ids:
             break
-        node_ids = [int(raw) for raw in raw_ids]
+        node_ids = _node_ids(raw_ids)
         try:
             pipe = client.pipeline(transaction=False)
             for node_id in node_ids:
                 pipe.hmget(HEARTBEAT_KEY.format(node_id=node_id), "last_seen", "agent_version", "devices")
-            rows = pipe.execute()
-            _flush_rows(node_ids, rows, now=now or timezone.now())
+            rows, discarded = _flush_rows(node_ids, pipe.execute())
+            discarded += _flush_write(rows, now=now or timezone.now())
         except Exception:
-            client.sadd(HEARTBEAT_DIRTY_KEY, *node_ids)
+            if node_ids:
+                client.sadd(HEARTBEAT_DIRTY_KEY, *node_ids)
             raise
-        total += len(node_ids)
-        if len(node_ids) < _FLUSH_BATCH:
+        if discarded:
+            # Only the bad entry goes: the node's next valid heartbeat writes a fresh one.
+            client.delete(*(HEARTBEAT_KEY.format(node_id=node_id) for node_id in discarded))
+        total += len(node_ids) - len(discarded)
+        if len(raw_ids) < _FLUSH_BATCH:
             break
+    # Everything waiting was moved (or discarded): nothing is stale now.
+    client.delete(HEARTBEAT_PENDING_SINCE_KEY)
     if total:
         log.info("heartbeats.flushed nodes=%s", total)
     return total
@@ -479,36 +591,142 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _flush_rows(node_ids: list[int], rows: list[list[bytes | None]], *, now: datetime) -> None:
-    node_values: list[Any] = []
-    device_values: list[Any] = []
+def _node_ids(raw_ids: list[bytes]) -> list[int]:
+    node_ids = []
+    for raw in raw_ids:
+        try:
+            node_ids.append(int(raw))
+        except ValueError:
+            log.warning("heartbeat.discarded node_id=%r error=not a node id", raw)
+    return node_ids
+
+
+@dataclass(frozen=True)
+class _FlushRow:
+    node_id: int
+    seen: datetime
+    agent_version: str
+    health: list[tuple[int, str]]  # (device index, health)
+    power_w: Decimal | None = None  # mean power of the devices in use, W
+
+
+def _number(value: object) -> float | None:
+    """A JSON number as float (not a bool, not NaN or infinite), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _busy_power(readings: list[dict[str, Any]]) -> Decimal | None:
+    """Mean power of the devices in use (see ``MEASURED_POWER_MIN_UTILIZATION_PCT``), or None.
+
+    A reading that is missing or out of range is skipped, not fatal: the heartbeat's liveness and
+    health still count."""
+    powers = []
+    for device in readings:
+        power, utilization = _number(device.get("power_w")), _number(device.get("utilization_pct"))
+        # A busy device reporting 0 W is a broken sensor, not a free lunch.
+        if power is None or utilization is None or not 0 < power <= _POWER_MAX_W:
+            continue
+        if MEASURED_POWER_MIN_UTILIZATION_PCT <= utilization <= 100:
+            powers.append(power)
+    if not powers:
+        return None
+    return Decimal(repr(sum(powers) / len(powers))).quantize(Decimal("0.1"))
+
+
+def _flush_row(
+    node_id: int, last_seen: bytes, agent_version: bytes | None, devices: bytes | None
+) -> _FlushRow:
+    """One node's Redis heartbeat as PostgreSQL values; raises ``ValueError`` when unusable."""
+    seen = datetime.fromtimestamp(float(last_seen), tz=UTC)
+    version = _text(agent_version)[:32]
+    if "\x00" in version:  # PostgreSQL text cannot hold NUL
+        raise ValueError("NUL in agent_version")
+    health = []
+    readings = json.loads(devices or b"[]")
+    if not isinstance(readings, list):
+        raise ValueError("devices is not a list")
+    for device in readings:
+        if not isinstance(device, dict):
+            raise ValueError("a device is not an object")
+        index = device.get("index")
+        if device.get("health") in _HEALTH_VALUES and isinstance(index, int) and 0 <= index <= 32767:
+            health.append((index, device["health"]))
+    return _FlushRow(
+        node_id=node_id, seen=seen, agent_version=version, health=health, power_w=_busy_power(readings)
+    )
+
+
+def _flush_rows(node_ids: list[int], rows: list[list[bytes | None]]) -> tuple[list[_FlushRow], list[int]]:
+    """The usable rows, and the node ids whose entries cannot be used (to be discarded)."""
+    parsed: list[_FlushRow] = []
+    bad: list[int] = []
     for node_id, (last_seen, agent_version, devices) in zip(node_ids, rows, strict=True):
         if last_seen is None:
             continue  # the hash expired; nothing to move
-        seen = datetime.fromtimestamp(float(last_seen), tz=UTC)
-        node_values += [node_id, seen, _text(agent_version)[:32]]
-        for device in json.loads(devices or b"[]"):
-            if device.get("health") in _HEALTH_VALUES:
-                device_values += [node_id, int(device["index"]), device["health"]]
-    if not node_values:
-        return
-    node_rows = ", ".join(["(%s::bigint, %s::timestamptz, %s::varchar)"] * (len(node_values) // 3))
+        try:
+            parsed.append(_flush_row(node_id, last_seen, agent_version, devices))
+        except (ValueError, TypeError, OverflowError, OSError) as exc:  # UnicodeDecodeError, JSON too
+            log.warning("heartbeat.discarded node_id=%s error=%s", node_id, exc)
+            bad.append(node_id)
+    return parsed, bad
+
+
+def _flush_write(rows: list[_FlushRow], *, now: datetime) -> list[int]:
+    """Write ``rows`` in bulk; returns the node ids whose entries were discarded."""
+    discarded: list[int] = []
+    if not rows:
+        return discarded
+    try:
+        with transaction.atomic():
+            _flush_update(rows, now=now)
+    except (DataError, ValueError):
+        # Something in the batch that the checks above let through (the driver refuses a NUL
+        # with ValueError before sending); find it row by row so the other nodes still flush.
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    _flush_update([row], now=now)
+            except (DataError, ValueError) as exc:
+                log.warning("heartbeat.discarded node_id=%s error=%s", row.node_id, str(exc).strip())
+                discarded.append(row.node_id)
+    return discarded
+
+
+def _flush_update(rows: list[_FlushRow], *, now: datetime) -> None:
+    node_values: list[Any] = []
+    device_values: list[Any] = []
+    for row in rows:
+        node_values += [row.node_id, row.seen, row.agent_version, row.power_w]
+        for index, health in row.health:
+            device_values += [row.node_id, index, health]
+    node_rows = ", ".join(["(%s::bigint, %s::timestamptz, %s::varchar, %s::numeric)"] * len(rows))
     fresh_after = now - SUSPECT_AFTER
     revivable = (NodeStatus.PENDING, NodeStatus.SUSPECT, NodeStatus.OFFLINE)
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         # Only a newer heartbeat moves a row, so a late or doubled flush changes nothing; only a
-        # fresh one brings a node (back) online.
+        # fresh one brings a node (back) online. The power average weighs a reading by the time
+        # since the previous heartbeat (the SET clause sees the old row), so flushing every
+        # heartbeat or only the latest of several gives about the same figure.
         cursor.execute(
             f"""
             UPDATE {Node._meta.db_table} AS n
                SET last_heartbeat_at = v.seen,
                    agent_version = v.agent_version,
                    status = CASE WHEN n.status IN (%s, %s, %s) AND v.seen > %s THEN %s ELSE n.status END,
+                   measured_power_w = CASE
+                       WHEN v.power IS NULL THEN n.measured_power_w
+                       WHEN n.measured_power_w IS NULL OR n.last_heartbeat_at IS NULL THEN v.power
+                       ELSE n.measured_power_w + (v.power - n.measured_power_w)
+                            * LEAST(1, EXTRACT(EPOCH FROM (v.seen - n.last_heartbeat_at)) / %s)
+                   END,
                    updated_at = %s
-              FROM (VALUES {node_rows}) AS v(id, seen, agent_version)
+              FROM (VALUES {node_rows}) AS v(id, seen, agent_version, power)
              WHERE n.id = v.id AND (n.last_heartbeat_at IS NULL OR n.last_heartbeat_at < v.seen)
             """,  # noqa: S608 - constant identifiers, values are parameters
-            [*revivable, fresh_after, NodeStatus.ONLINE, now, *node_values],
+            [*revivable, fresh_after, NodeStatus.ONLINE, MEASURED_POWER_TAU_S, now, *node_values],
         )
         if device_values:
             device_rows = ", ".join(["(%s::bigint, %s::int, %s::varchar)"] * (len(device_values) // 3))
@@ -569,6 +787,7 @@ def inventory_from_json(data: Mapping[str, Any]) -> InventoryIn:
             memory_mib=host["memory_mib"],
             disk_gib=host["disk_gib"],
             nics=list(host.get("nics") or []),
+            public_address=host.get("public_address") or "",
         ),
         devices=[
             DeviceIn(

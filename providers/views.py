@@ -1,22 +1,22 @@
-"""Portal pages of providers: start selling (create a provider) and join a node (a one-time token
-and the one-line install command). The nodes themselves are shown by the marketplace, which also
-knows their offers, reliability and usage."""
+"""Portal pages of providers: start selling (create a provider), join a node (a one-time token
+and the one-line install command) and a node's settings (its PUE). The nodes themselves are shown
+by the marketplace, which also knows their offers, reliability and usage."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods
 
-from core.errors import ValidationFailed
-from providers.forms import JoinTokenForm, ProviderCreateForm
-from providers.selectors import providers_of_member
-from providers.services import join_token_create, provider_create
+from core.errors import NotFound, ValidationFailed
+from providers.forms import JoinTokenForm, NodeSettingsForm, ProviderCreateForm
+from providers.selectors import node_get_for_member, providers_of_member
+from providers.services import join_token_create, node_pue_set, provider_create
 
 
 def _user(request: HttpRequest) -> User:
@@ -71,3 +71,25 @@ def join(request: HttpRequest) -> HttpResponse:
             add_never_cache_headers(response)
             return response
     return render(request, "providers/join.html", {"form": form, "providers": providers})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def node_settings(request: HttpRequest, node_id: int) -> HttpResponse:
+    """A member's node settings: the declared PUE behind its offer's carbon estimate."""
+    try:
+        node = node_get_for_member(user=_user(request), node_id=node_id)
+    except NotFound as error:
+        raise Http404(error.message) from error
+    form = NodeSettingsForm(request.POST or None, initial={"pue": node.pue})
+    if request.method == "POST" and form.is_valid():
+        try:
+            node_pue_set(node=node, pue=form.cleaned_data["pue"])
+        except ValidationFailed as error:
+            form.add_error("pue", error.fields.get("pue") or error.message)
+        else:
+            messages.success(
+                request, _("%(name)s now declares a PUE of %(pue)s.") % {"name": node.name, "pue": node.pue}
+            )
+            return redirect("marketplace:node_detail", node_id=node.pk)
+    return render(request, "providers/node_settings.html", {"node": node, "form": form})

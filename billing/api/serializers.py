@@ -26,7 +26,8 @@ class WalletSerializer(serializers.Serializer):
 
 
 class TopUpCreateSerializer(serializers.Serializer):
-    amount = MoneyField(min_micros=1)
+    # Stripe Checkout takes at most 8 digits of minor units: 999,999.99 in a two-decimal currency.
+    amount = MoneyField(min_micros=1, max_micros=999_999_990_000)
 
 
 class TopUpSerializer(serializers.ModelSerializer):

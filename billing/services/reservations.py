@@ -88,6 +88,13 @@ def reservation_book(
     return reservation
 
 
+def reservation_cancel_fee(*, amount_micros: int) -> int:
+    """What cancelling a booking of ``amount_micros`` before its start keeps as platform fee."""
+    return round_micros(
+        Decimal(amount_micros) * settings.BILLING_RESERVATION_CANCEL_FEE_BPS / Decimal(10_000)
+    )
+
+
 def reservation_cancel(*, reservation: Reservation, at: datetime | None = None) -> Reservation:
     """Cancel before the window starts: refund escrow minus ``BILLING_RESERVATION_CANCEL_FEE_BPS``
     (kept as platform fee). Locks the lease; after the start raises ``InvalidTransition``, and so
@@ -104,7 +111,7 @@ def reservation_cancel(*, reservation: Reservation, at: datetime | None = None) 
         fee_account = account_get(kind=AccountKind.PLATFORM_FEE, currency=lease.currency)
         accounts_lock([accounts.wallet.pk, accounts.escrow.pk, fee_account.pk])
         amount = lease.prepaid_micros
-        fee = round_micros(Decimal(amount) * settings.BILLING_RESERVATION_CANCEL_FEE_BPS / Decimal(10_000))
+        fee = reservation_cancel_fee(amount_micros=amount)
         posting = Posting(
             TransactionKind.RESERVATION_CANCEL, f"reservation:{reservation.pk}:cancel", lease.currency
         )

@@ -14,7 +14,7 @@ from billing import stripe_gateway
 from billing.models import AccountKind, TopUp, TopUpStatus, TransactionKind, WebhookEvent
 from billing.services.ledger import Posting, account_get, accounts_lock, default_currency, posting_write
 from billing.services.wallets import available_micros, buyer_accounts
-from core.errors import Conflict, ValidationFailed
+from core.errors import Conflict, PaymentProviderError, ValidationFailed
 from core.money import MoneyFormatError, format_amount, to_minor_units
 
 log = structlog.get_logger(__name__)
@@ -53,20 +53,55 @@ def topup_create(*, buyer: Any, amount_micros: int, client_key: str | None = Non
         raise Conflict(_("This Idempotency-Key was used for another amount."))
     if top_up.checkout_url:
         return top_up
-    session = stripe_gateway.checkout_session_create(
-        top_up_id=top_up.pk,
-        amount_micros=amount_micros,
-        currency=currency,
-        success_url=f"{settings.SITE_URL}/wallet?top_up={top_up.pk}",
-        cancel_url=f"{settings.SITE_URL}/wallet",
-        email=getattr(buyer, "email", None) or None,
-    )
+    try:
+        session = stripe_gateway.checkout_session_create(
+            top_up_id=top_up.pk,
+            amount_micros=amount_micros,
+            currency=currency,
+            success_url=f"{settings.SITE_URL}/wallet?top_up={top_up.pk}",
+            cancel_url=f"{settings.SITE_URL}/wallet",
+            email=getattr(buyer, "email", None) or None,
+        )
+    except PaymentProviderError as exc:
+        # The gateway logged Stripe's own words; the buyer gets what happened and what to do.
+        log.warning("billing.top_up_not_started", top_up_id=top_up.pk, error=exc.message)
+        raise PaymentProviderError(_top_up_failure_message(buyer, exc), code=exc.code) from exc
     TopUp.objects.filter(pk=top_up.pk, status=TopUpStatus.CREATED).update(
         status=TopUpStatus.OPEN, stripe_session_id=session.id, checkout_url=session.url
     )
     top_up.refresh_from_db()
     log.info("billing.top_up_created", top_up_id=top_up.pk, session_id=session.id)
     return top_up
+
+
+def _top_up_failure_message(buyer: Any, error: PaymentProviderError) -> str:
+    if isinstance(error, stripe_gateway.StripeRejected):
+        message = _(
+            "The top-up could not be started: the card payment service (Stripe) refused it. Nothing "
+            "was charged; contact the exchange's support if this happens again."
+        )
+    elif isinstance(error, stripe_gateway.StripeNotConfigured):
+        message = _(
+            "The top-up could not be started: card payments are not set up on this exchange. Nothing "
+            "was charged."
+        )
+    else:
+        message = _(
+            "The top-up could not be started: the card payment service (Stripe) is not reachable from "
+            "this exchange right now. Nothing was charged; try again in a few minutes."
+        )
+    if settings.PRODUCTION:
+        return message
+    # Development (make run) has no Stripe account: say how to get demo money instead.
+    return (
+        message
+        + " "
+        + _(
+            "On a development server, add demo money with: python manage.py fundwallet %(user)s 100.00 "
+            "(see README)."
+        )
+        % {"user": getattr(buyer, "username", "USER")}
+    )
 
 
 def _top_up_for_session(session: dict[str, Any]) -> TopUp | None:

@@ -8,14 +8,20 @@ wallet may go below zero only down to its credit line (``credit_limit_micros``, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.models import Account, AccountKind, Hold, HoldStatus, Lease, TransactionKind
 from billing.services.ledger import Posting, account_get, accounts_lock, default_currency, posting_write
-from core.errors import InsufficientFunds, InvalidTransition, ValidationFailed
+from core.errors import Forbidden, InsufficientFunds, InvalidTransition, ValidationFailed
+from core.money import format_amount
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,50 @@ def wallet_set_credit_line(*, user_id: int, credit_limit_micros: int, currency: 
         )
     wallet.refresh_from_db()
     return wallet
+
+
+# The most one development credit may add (1,000,000.00): a typo should not mint a fortune.
+MAX_DEVELOPMENT_CREDIT_MICROS = 1_000_000 * 1_000_000
+
+
+def wallet_fund_development(
+    *,
+    user_id: int,
+    amount_micros: int,
+    idempotency_key: str,
+    memo: str = "development credit",
+    currency: str | None = None,
+) -> int | None:
+    """Credit a buyer wallet without Stripe: demo and development money (``manage.py fundwallet``).
+
+    Contract: refused with ``Forbidden`` when ``SUANLI_ENV=production``; the amount is more than
+    zero and at most ``MAX_DEVELOPMENT_CREDIT_MICROS`` (``ValidationFailed``). Posts the balanced
+    transaction a paid Checkout posts (Stripe clearing -> wallet, kind ``top_up``, ``memo`` saying
+    it is not real money) under locks of both accounts, so every invariant of the ledger holds.
+    Idempotent on ``idempotency_key``: returns the transaction id, or None if already posted.
+    """
+    if settings.PRODUCTION:
+        raise Forbidden(_("Development credit is refused in production; buyers top up through Stripe."))
+    if not 0 < amount_micros <= MAX_DEVELOPMENT_CREDIT_MICROS:
+        message = _("More than 0 and at most %(max)s.") % {
+            "max": format_amount(MAX_DEVELOPMENT_CREDIT_MICROS)
+        }
+        raise ValidationFailed(message, fields={"amount": message})
+    accounts = buyer_accounts(user_id=user_id, currency=currency)
+    clearing = account_get(kind=AccountKind.STRIPE_CLEARING, currency=accounts.wallet.currency)
+    with transaction.atomic():
+        accounts_lock([accounts.wallet.pk, clearing.pk])
+        posting = Posting(TransactionKind.TOP_UP, idempotency_key, accounts.wallet.currency, memo=memo)
+        posting.add(clearing.pk, -amount_micros)
+        posting.add(accounts.wallet.pk, amount_micros)
+        transaction_id = posting_write(posting)
+    log.info(
+        "billing.wallet_funded_development user_id=%s amount_micros=%s transaction_id=%s",
+        user_id,
+        amount_micros,
+        transaction_id,
+    )
+    return transaction_id
 
 
 def hold_place(*, buyer: object, amount_micros: int, reference: str, currency: str | None = None) -> Hold:

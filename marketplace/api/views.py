@@ -63,6 +63,7 @@ class AgentWorkView(AgentView):
             {
                 "jobs": serializers.ListField(child=serializers.DictField()),
                 "stop": serializers.ListField(child=serializers.DictField()),
+                "delete_volumes": serializers.ListField(child=serializers.IntegerField()),
             },
         ),
     )
@@ -71,7 +72,12 @@ class AgentWorkView(AgentView):
         wait = _int_param(request, "wait", 0, minimum=0, maximum=MAX_WAIT_S)
         body = WorkInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        offer = work_poll(node=node, running=body.validated_data["running"], wait_s=wait)
+        offer = work_poll(
+            node=node,
+            running=body.validated_data.get("running"),
+            wait_s=wait,
+            volumes=body.validated_data.get("volumes"),
+        )
         return Response(offer.as_json())
 
 

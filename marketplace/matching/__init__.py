@@ -5,7 +5,7 @@ The Celery layer loads open orders, nodes, offers, free devices and running spot
 evict for a higher tier) or ``explain`` (why an order is not matched), and commits the decisions.
 """
 
-from marketplace.matching.engine import explain, match_round
+from marketplace.matching.engine import explain, firm_priority, firm_rank, match_round
 from marketplace.matching.market import (
     ClearingResult,
     Device,
@@ -53,6 +53,8 @@ __all__ = [
     "clear_pool",
     "clearing_price",
     "explain",
+    "firm_priority",
+    "firm_rank",
     "match_round",
     "parse_software_spec",
     "preemptions_for",

@@ -2,10 +2,10 @@
 
 Capacity is indexed by pool (accelerator model x region), then per term by free-device count:
 ``buckets[term][k]`` is the list of node stocks with exactly ``k`` free devices, sorted by (price
-for the term, -reliability, node id). Finding the cheapest, best-fitting node for an order that
-needs ``d`` devices reads the head of buckets ``d..max`` only, so a round costs about
-O(orders x bucket count), not O(orders x nodes). Gangs and placements that must preempt spot
-jobs are rare and take a linear scan of their pools.
+for the term, verified before unverified, -reliability, node id). Finding the cheapest,
+best-fitting node for an order that needs ``d`` devices reads the head of buckets ``d..max``
+only, so a round costs about O(orders x bucket count), not O(orders x nodes). Gangs and
+placements that must preempt spot jobs are rare and take a linear scan of their pools.
 
 A *stock* is the devices of one class (model, memory) on one node; a placement slot always takes
 its devices from one stock, so every device of a node slot is the same model and size.
@@ -16,6 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeAlias
 
 from marketplace.matching.market import Market, Node, Order, PoolKey, RunningSpot, Slot, Term
@@ -23,8 +24,9 @@ from marketplace.matching.requirements import SoftwareConstraint, parse_software
 
 TERM_INDEX = {Term.ON_DEMAND: 0, Term.RESERVED: 1, Term.SPOT: 2}
 
-# (price for the term, -reliability, node id, stock index): the order within a bucket.
-BucketEntry: TypeAlias = tuple[int, float, int, int]
+# (price for the term, 0 if the node is verified else 1, -reliability, node id, stock index): the
+# order within a bucket.
+BucketEntry: TypeAlias = tuple[int, int, float, int, int]
 
 
 @dataclass(slots=True, eq=False)
@@ -65,6 +67,8 @@ class Need:
     pools: tuple[PoolIndex, ...]
     runtime: str | None = None
     node_ids: frozenset[int] = frozenset()
+    # A reserved order's booked length (its window from the round's now on); None for the others.
+    rental: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +80,15 @@ class Candidate:
     leftover: int
 
     @property
-    def rank(self) -> tuple[int, int, int, float, int, int]:
+    def rank(self) -> tuple[int, int, int, int, float, int, int]:
         # Price first (cheapest for the buyer), then the spot value destroyed, then best fit (the
-        # fullest node that fits keeps whole nodes free), then reliability, then node id.
+        # fullest node that fits keeps whole nodes free), then verified nodes, then reliability,
+        # then node id.
         return (
             self.price,
             self.cost,
             self.leftover,
+            0 if self.stock.node.verified else 1,
             -self.stock.node.reliability,
             self.stock.node.id,
             self.stock.index,
@@ -101,6 +107,7 @@ class CapacityIndex:
         self.device_stock: dict[int, Stock] = {}
         self.device_rank: dict[int, int] = {}
         self.vacating: dict[int, int] = {}  # device id -> spot job that must leave it first
+        self.now = market.now
         self.jobs: dict[int, RunningSpot] = {job.job_id: job for job in running_spot}
         self.evicted: set[int] = set()
         self.job_pool: dict[int, PoolKey] = {}
@@ -108,6 +115,8 @@ class CapacityIndex:
         self.model_regions: dict[int, list[str]] = {}
         self._software_ok: dict[tuple[str, int], bool] = {}
         self._pool_cache: dict[tuple[frozenset[int], str | None, str | None], tuple[PoolIndex, ...]] = {}
+        # The distinct rental bounds of the listed offers: a length all of them admit needs no check.
+        self._rental_bounds: set[tuple[timedelta, timedelta | None]] = set()
         self._build(market, running_spot)
 
     # -- building -------------------------------------------------------------------------------
@@ -118,6 +127,7 @@ class CapacityIndex:
         for node in sorted(market.nodes, key=lambda n: n.id):
             if not node.offer.listed:
                 continue
+            self._rental_bounds.add((node.offer.min_rental, node.offer.max_rental))
             free = market.free.get(node.id, frozenset())
             classes: dict[tuple[int, int], list[int]] = {}
             for device in sorted(node.devices, key=lambda dev: (dev.index, dev.id)):
@@ -143,7 +153,8 @@ class CapacityIndex:
         offer = node.offer
         prices = (offer.on_demand_micros, offer.reserved_micros, offer.spot_floor_micros)
         index = len(self.stocks)
-        entries = tuple((price, -node.reliability, node.id, index) for price in prices)
+        unverified = 0 if node.verified else 1
+        entries = tuple((price, unverified, -node.reliability, node.id, index) for price in prices)
         stock = Stock(index, node, pool, memory_mib, tuple(device_ids), len(device_ids), prices, entries)  # type: ignore[arg-type]
         self.stocks.append(stock)
         return stock
@@ -166,6 +177,11 @@ class CapacityIndex:
     def need(self, order: Order, *, limit: int | None = None) -> Need:
         """Resolve an order; raises ``SoftwareSpecError`` for an unparseable software spec."""
         req = order.requirements
+        rental = None
+        if order.term is Term.RESERVED and order.window_end is not None:
+            rental = order.window_end - max(order.window_start or self.now, self.now)
+            if all(low <= rental and (high is None or rental <= high) for low, high in self._rental_bounds):
+                rental = None  # every offer rents for this long: no node to rule out (and shared caches)
         return Need(
             order=order,
             term=TERM_INDEX[order.term],
@@ -179,6 +195,7 @@ class CapacityIndex:
             pools=self.pools_for(order),
             runtime=req.runtime,
             node_ids=req.node_ids,
+            rental=rental,
         )
 
     def pools_for(self, order: Order) -> tuple[PoolIndex, ...]:
@@ -204,6 +221,8 @@ class CapacityIndex:
             return False
         if need.node_ids and stock.node.id not in need.node_ids:
             return False
+        if need.rental is not None and not stock.node.offer.admits(need.rental):
+            return False
         if not runtime_offered(stock.node, need.runtime):
             return False
         return self.software_ok(need, stock.node)
@@ -224,19 +243,19 @@ class CapacityIndex:
     ) -> Stock | None:
         """The single node stock an order's slot should take from free devices, or None."""
         best: Stock | None = None
-        best_key: tuple[int, int, float, int, int] | None = None
+        best_key: tuple[int, int, int, float, int, int] | None = None
         term, devices = need.term, need.devices_per_node
         limit = need.limit if limit is None else limit
         for pool in need.pools if pools is None else pools:
             per_count = pool.buckets[term]
             for count in range(devices, len(per_count)):
-                for price, neg_rel, node_id, stock_index in per_count[count]:
+                for price, unverified, neg_rel, node_id, stock_index in per_count[count]:
                     if price > limit or (best_key is not None and (price, count) > best_key[:2]):
                         break  # sorted by price: nothing further in this bucket can win
                     stock = self.stocks[stock_index]
                     if not self.suits(stock, need):
                         continue
-                    key = (price, count, neg_rel, node_id, stock_index)
+                    key = (price, count, unverified, neg_rel, node_id, stock_index)
                     if best_key is None or key < best_key:
                         best, best_key = stock, key
                     break
@@ -363,13 +382,14 @@ def choose_gang(candidates: Sequence[Candidate], node_count: int) -> list[Candid
     """The best ``node_count`` distinct nodes of one cluster (and one model), or None.
 
     Clusters are compared by the price the gang pays (the highest of its nodes), then the spot
-    value destroyed, then the devices left over, then reliability, then cluster name.
+    value destroyed, then the devices left over, then the unverified nodes, then reliability,
+    then cluster name.
     """
     groups: dict[tuple[PoolKey, str], list[Candidate]] = {}
     for candidate in sorted(candidates, key=lambda c: c.rank):
         groups.setdefault((candidate.stock.pool, candidate.stock.node.cluster), []).append(candidate)
     best: list[Candidate] | None = None
-    best_key: tuple[int, int, int, float, str, PoolKey] | None = None
+    best_key: tuple[int, int, int, int, float, str, PoolKey] | None = None
     for (pool, cluster), members in groups.items():
         picked: list[Candidate] = []
         nodes: set[int] = set()
@@ -385,6 +405,7 @@ def choose_gang(candidates: Sequence[Candidate], node_count: int) -> list[Candid
             max(c.price for c in picked),
             sum(c.cost for c in picked),
             sum(c.leftover for c in picked),
+            sum(0 if c.stock.node.verified else 1 for c in picked),
             -min(c.stock.node.reliability for c in picked),
             cluster,
             pool,

@@ -1,17 +1,22 @@
 """One matching round, in memory: orders and free capacity in, placements and reasons out.
 
-Priority is by tier: reserved orders whose window starts within the round's horizon, then
-on-demand, both oldest first (first come, first served, so waiting never loses ground), then spot,
-cleared per pool by ``spot.PoolClearing`` at one uniform price with bids ranked by bid plus a capped
-age boost. The boost never lifts an order out of its tier: an hour-old spot bid still comes after
+Priority is by tier: firm orders (reserved orders whose window starts within the round's horizon,
+and on-demand) before spot. Firm orders are taken by price-time priority, as an exchange's order
+book: the highest limit price first, then the oldest, then the lowest id. A waiting order's limit
+is raised, for ranking only, by ``RoundPolicy.firm_age_boost_bps_per_hour`` of itself per hour
+waited (``firm_rank``), without a cap, so an old order at a low limit is eventually placed when
+capacity frees however many higher limits keep arriving; it always pays the node's ask. Spot is
+cleared per pool by ``spot.PoolClearing`` at one uniform price with bids ranked by bid plus a
+capped age boost. No boost lifts an order out of its tier: an hour-old spot bid still comes after
 a fresh on-demand order.
 
 Within a tier, a slot goes to the cheapest node for the order's term, then the best fit (the
 fewest free devices left behind, so exact fits first and whole nodes stay free for big orders),
-then the most reliable node, then the lowest node id. Gangs take ``node_count`` distinct nodes of
-one cluster (and one model), all or none. On-demand and reserved orders that do not fit free
-capacity may preempt spot jobs, lowest bid first. Same input, same output: everything is ordered by
-ids, never by hash order.
+then a verified node, then the most reliable node, then the lowest node id. Nodes whose offer's
+rental length does not admit a reserved window are not candidates for it. Gangs take
+``node_count`` distinct nodes of one cluster (and one model), all or none. On-demand and reserved
+orders that do not fit free capacity may preempt spot jobs, lowest bid first. Same input, same
+output: everything is ordered by ids, never by hash order.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from marketplace.matching.capacity import (
     Candidate,
@@ -48,13 +53,13 @@ from marketplace.matching.market import (
 from marketplace.matching.requirements import SoftwareSpecError
 from marketplace.matching.spot import SPOT, PoolClearing
 
-_TIER = {Term.RESERVED: 0, Term.ON_DEMAND: 1, Term.SPOT: 2}
-
 # Diagnosis stages, earliest first; the furthest stage any node reached is the main reason.
 _STAGES = (
     ReasonCode.MEMORY_BELOW_MIN,
     ReasonCode.SOFTWARE_UNSATISFIED,
     ReasonCode.RELIABILITY_BELOW_MIN,
+    ReasonCode.WINDOW_SHORTER_THAN_MIN_RENTAL,
+    ReasonCode.WINDOW_LONGER_THAN_MAX_RENTAL,
     ReasonCode.NODE_TOO_SMALL,
     ReasonCode.PRICE_LIMIT_BELOW_FLOOR,
     ReasonCode.NO_CLUSTER_FITS_GANG,
@@ -96,7 +101,7 @@ def match_round(
             continue
         (spot if order.term is Term.SPOT else firm).append(need)
 
-    firm.sort(key=lambda n: (_TIER[n.order.term], n.order.created_at, n.order.id))
+    firm.sort(key=lambda n: firm_priority(n.order, market.now, policy))
     for need in firm:
         chosen = choose_firm(index, need)
         if chosen is None:
@@ -171,6 +176,23 @@ def choose_firm(index: CapacityIndex, need: Need) -> list[Candidate] | None:
     return choose_gang(found, need.node_count)
 
 
+def firm_rank(limit_micros: int, waited: timedelta, policy: RoundPolicy) -> int:
+    """A firm order's rank: its limit raised by ``firm_age_boost_bps_per_hour`` of itself per hour waited.
+
+    In micro-units x 10^4 x 3600 (integer arithmetic, so equal inputs rank equal on every worker).
+    The boost has no cap: a waiting order gains on every fresh order at a higher limit, so an order
+    whose limit covers some node's ask is placed once capacity frees, however high later bids are.
+    """
+    seconds = max(int(waited.total_seconds()), 0)
+    return limit_micros * (10_000 * 3600 + policy.firm_age_boost_bps_per_hour * seconds)
+
+
+def firm_priority(order: Order, now: datetime, policy: RoundPolicy) -> tuple[int, datetime, int]:
+    """The order in which a round considers firm orders (reserved and on-demand alike): price-time
+    priority, the highest aged limit (``firm_rank``) first, then the oldest, then the lowest id."""
+    return (-firm_rank(order.limit_micros, now - order.created_at, policy), order.created_at, order.id)
+
+
 def _order_reason(order: Order, market: Market) -> Reason | None:
     if order.term is not Term.RESERVED:
         return None
@@ -229,6 +251,9 @@ class Diagnoser:
         self.index, self.market = index, market
         self._sieves: dict[tuple[object, ...], _Sieve] = {}
         self._suits: dict[tuple[object, ...], tuple[dict[ReasonCode, int], list[Stock]]] = {}
+        # (id of a cached ``suited`` list, term) -> that list sorted by the term's bucket entry; the
+        # lists live as long as ``_suits`` holds them, so their ids stay unique.
+        self._ranked: dict[tuple[int, int], list[Stock]] = {}
 
     def reasons(self, need: Need) -> tuple[Reason, ...]:
         if not need.pools or (
@@ -271,24 +296,38 @@ class Diagnoser:
             need.node_ids,
             need.devices_per_node,
             need.term,
+            need.rental,
         )
         sieve = self._sieves.get(key)
         if sieve is None:
             failures, suited = self._suited(pools, need)
             failures = dict(failures)
-            # By the term's bucket entry: price first (entries are unique, so stocks never compare).
-            ranked = sorted(
-                (stock.entries[need.term], stock) for stock in suited if stock.total >= need.devices_per_node
-            )
-            if len(ranked) < len(suited):
-                failures[ReasonCode.NODE_TOO_SMALL] = len(suited) - len(ranked)
-            sieve = _Sieve(failures, [stock for _, stock in ranked], [entry[0] for entry, _ in ranked])
+            # By the term's bucket entry: price first. Sorted once per requirements and term; each
+            # order size only filters it.
+            ranked_key = (id(suited), need.term)
+            ranked = self._ranked.get(ranked_key)
+            if ranked is None:
+                term = need.term
+                ranked = sorted(suited, key=lambda stock: stock.entries[term])
+                self._ranked[ranked_key] = ranked
+            big_enough = [stock for stock in ranked if stock.total >= need.devices_per_node]
+            if len(big_enough) < len(suited):
+                failures[ReasonCode.NODE_TOO_SMALL] = len(suited) - len(big_enough)
+            sieve = _Sieve(failures, big_enough, [stock.prices[need.term] for stock in big_enough])
             self._sieves[key] = sieve
         return sieve
 
     def _suited(self, pools: tuple[PoolKey, ...], need: Need) -> tuple[dict[ReasonCode, int], list[Stock]]:
         """Stocks meeting memory, software and reliability; failures counted at the first step missed."""
-        key = (pools, need.min_memory_mib, need.min_reliability, need.spec, need.runtime, need.node_ids)
+        key = (
+            pools,
+            need.min_memory_mib,
+            need.min_reliability,
+            need.spec,
+            need.runtime,
+            need.node_ids,
+            need.rental,
+        )
         cached = self._suits.get(key)
         if cached is not None:
             return cached
@@ -306,6 +345,10 @@ class Diagnoser:
                     code = ReasonCode.SOFTWARE_UNSATISFIED
                 elif stock.node.reliability < need.min_reliability:
                     code = ReasonCode.RELIABILITY_BELOW_MIN
+                elif need.rental is not None and need.rental < stock.node.offer.min_rental:
+                    code = ReasonCode.WINDOW_SHORTER_THAN_MIN_RENTAL
+                elif need.rental is not None and not stock.node.offer.admits(need.rental):
+                    code = ReasonCode.WINDOW_LONGER_THAN_MAX_RENTAL
                 else:
                     suited.append(stock)
                     continue

@@ -45,6 +45,14 @@ class Offer:
     reserved_micros: int
     spot_floor_micros: int
     listed: bool = True
+    # The rental lengths the provider accepts. A reserved window outside them is not placed on the
+    # node; an on-demand or spot allocation ends (with notice) at ``max_rental`` after it starts.
+    min_rental: timedelta = timedelta(0)
+    max_rental: timedelta | None = None
+
+    def admits(self, rental: timedelta) -> bool:
+        """Whether a booking of this length fits the offer's minimum and maximum rental."""
+        return self.min_rental <= rental and (self.max_rental is None or rental <= self.max_rental)
 
     def floor_for(self, term: Term) -> int:
         if term is Term.ON_DEMAND:
@@ -66,6 +74,8 @@ class Node:
     offer: Offer
     # The job runtimes the node's agent offers ("docker", "process"); empty: any.
     runtimes: frozenset[str] = frozenset()
+    # The exchange's verification of the node's hardware passed: wins ties after price and fit.
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +205,8 @@ class ReasonCode(StrEnum):
     MEMORY_BELOW_MIN = "memory_below_min"
     SOFTWARE_UNSATISFIED = "software_unsatisfied"
     RELIABILITY_BELOW_MIN = "reliability_below_min"
+    WINDOW_SHORTER_THAN_MIN_RENTAL = "window_shorter_than_min_rental"
+    WINDOW_LONGER_THAN_MAX_RENTAL = "window_longer_than_max_rental"
     NODE_TOO_SMALL = "node_too_small"
     PRICE_LIMIT_BELOW_FLOOR = "price_limit_below_floor"
     NO_CLUSTER_FITS_GANG = "no_cluster_fits_gang"
@@ -243,6 +255,9 @@ class RoundPolicy:
     age_boost_ramp: timedelta = timedelta(minutes=30)
     age_boost_cap_bps: int = 500
     spot_max_move_bps: int = 2_000
+    # Firm ranking (price-time priority): a limit's rank rises by this many bps of itself per hour
+    # the order has waited, without a cap, so no order waits forever behind higher limits.
+    firm_age_boost_bps_per_hour: int = 500
     preempt_notice: timedelta = timedelta(seconds=120)
     spot_min_run: timedelta = timedelta(minutes=10)
 

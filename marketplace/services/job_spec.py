@@ -1,8 +1,9 @@
 """Validation of a buyer's job spec: what may run on a provider's node.
 
 The spec is deliberately narrow: an image, a command, environment variables, ports and a runtime.
-There is no field for privileged mode, capabilities, devices, host networking or mounts, and a spec
-that tries to pass one is refused by name, so a buyer learns why instead of seeing it ignored.
+There is no field for privileged mode, capabilities, devices, host networking or host mounts (only
+named persistent volumes, at a fixed path), and a spec that tries to pass one is refused by name,
+so a buyer learns why instead of seeing it ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from core.errors import ValidationFailed
+from core.ssh_keys import ssh_public_key_problem
 from marketplace.services.jobs import JobSpec
 
 # Docker's distribution reference grammar, simplified: [registry[:port]/]path[:tag][@digest].
@@ -43,7 +45,6 @@ FORBIDDEN_KEYS: dict[str, Promise] = {
     "cap_add": gettext_lazy("Adding capabilities is not allowed."),
     "capabilities": gettext_lazy("Adding capabilities is not allowed."),
     "devices": gettext_lazy("Devices are assigned by the exchange, not the job spec."),
-    "volumes": gettext_lazy("Host mounts are not allowed."),
     "mounts": gettext_lazy("Host mounts are not allowed."),
     "binds": gettext_lazy("Host mounts are not allowed."),
     "network_mode": gettext_lazy("Host networking is not allowed."),
@@ -53,11 +54,27 @@ FORBIDDEN_KEYS: dict[str, Promise] = {
     "security_opt": gettext_lazy("Security options are set by the exchange."),
     "user": gettext_lazy("The container user is set by the image."),
 }
-ALLOWED_KEYS = {"image", "command", "env", "ports", "runtime"}
+ALLOWED_KEYS = {"image", "command", "env", "ports", "runtime", "volumes", "ssh", "ssh_public_key"}
+# Persistent volumes: named (never a host path), mounted at VOLUME_MOUNT_ROOT/<name> and nowhere
+# else. Lower-case letters, digits, "-" and "_": no "/" and no ".", so no ".." either.
+VOLUME_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+VOLUME_MOUNT_ROOT = "/volumes"
+MAX_VOLUMES = 8
 
 
-def job_spec_parse(raw: Any) -> JobSpec:
-    """Validate a job spec (a JSON object) and return it, or raise ValidationFailed with field errors."""
+# SSH launch mode. The buyer's OpenSSH public key travels to the agent in this job variable (the
+# job's env is what an agent already receives and keeps); an agent that sees it publishes an sshd
+# port: the docker runtime maps the container's port 22, the process runtime a free host port.
+SSH_KEY_ENV = "SUANLI_SSH_PUBLIC_KEY"
+
+
+def job_spec_parse(raw: Any, *, profile_ssh_public_key: str = "") -> JobSpec:
+    """Validate a job spec (a JSON object) and return it, or raise ValidationFailed with field errors.
+
+    SSH launch mode: ``ssh_public_key`` (one OpenSSH public key line) or ``ssh: true``, which takes
+    ``profile_ssh_public_key`` (the buyer's profile key). The key becomes the job variable
+    ``SUANLI_SSH_PUBLIC_KEY`` that the agent acts on.
+    """
     if not isinstance(raw, dict):
         raise ValidationFailed(_("The job spec must be an object."), fields={"job": _("Expected an object.")})
     errors: dict[str, list[str]] = {}
@@ -127,7 +144,83 @@ def job_spec_parse(raw: Any) -> JobSpec:
     elif len(set(ports)) != len(ports):
         errors["job.ports"] = [_("Ports must be distinct.")]
 
+    volumes = _volumes_parse(raw.get("volumes", []), errors)
+
+    ssh_key = _ssh_key(raw, env, profile_ssh_public_key, errors)
     if errors:
         first_field, messages = next(iter(errors.items()))
         raise ValidationFailed(f"{first_field}: {messages[0]}", fields=errors)
-    return JobSpec(image=image, command=list(command), env=dict(env), ports=list(ports), runtime=runtime)
+    if ssh_key:
+        env = {**env, SSH_KEY_ENV: ssh_key}
+    return JobSpec(
+        image=image, command=list(command), env=dict(env), ports=list(ports), runtime=runtime, volumes=volumes
+    )
+
+
+def _volumes_parse(raw: Any, errors: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """``[{"name": "data"}]`` or ``[{"id": 7}]``, each with an optional ``mount`` that can only be
+    ``/volumes/<name>``: a job never chooses where on the host or in the container a volume goes."""
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        errors["job.volumes"] = [_('Must be a list of objects like {"name": "data"}.')]
+        return []
+    if len(raw) > MAX_VOLUMES:
+        errors["job.volumes"] = [_("At most %(count)s volumes.") % {"count": MAX_VOLUMES}]
+        return []
+    out: list[dict[str, Any]] = []
+    for n, item in enumerate(raw):
+        field_name = f"job.volumes.{n}"
+        unknown = set(item) - {"name", "id", "mount"}
+        name, volume_id, mount = item.get("name"), item.get("id"), item.get("mount")
+        if unknown:
+            errors[field_name] = [
+                _("Unknown field %(name)s; a volume has only name, id and mount.")
+                % {"name": sorted(unknown)[0]}
+            ]
+        elif (name is None) == (volume_id is None):
+            errors[field_name] = [_("Give the volume's name or its id.")]
+        elif name is not None and (not isinstance(name, str) or not VOLUME_NAME_RE.match(name)):
+            errors[field_name] = [
+                _("A volume name is 1 to 63 lower-case letters, digits, - and _ (no / or .).")
+            ]
+        elif volume_id is not None and (
+            not isinstance(volume_id, int) or isinstance(volume_id, bool) or not 1 <= volume_id < 2**63
+        ):
+            errors[field_name] = [_("A volume id is a positive whole number.")]
+        elif mount is not None and (
+            not isinstance(mount, str) or (name is not None and mount != f"{VOLUME_MOUNT_ROOT}/{name}")
+        ):
+            errors[field_name] = [
+                _("Volumes are mounted at %(path)s only.") % {"path": f"{VOLUME_MOUNT_ROOT}/<name>"}
+            ]
+        else:
+            entry: dict[str, Any] = {"name": name} if name is not None else {"id": volume_id}
+            if mount is not None:
+                entry["mount"] = mount
+            if entry in out:
+                errors[field_name] = [_("The same volume twice.")]
+            out.append(entry)
+    return out
+
+
+def _ssh_key(raw: dict[str, Any], env: dict[str, Any], profile_key: str, errors: dict[str, list[str]]) -> str:
+    """The SSH public key the job is launched with ("" for none); records field errors."""
+    ssh = raw.get("ssh", False)
+    if not isinstance(ssh, bool):
+        errors["job.ssh"] = [_("Must be true or false.")]
+        return ""
+    given = raw.get("ssh_public_key")
+    field_name = "job.ssh_public_key"
+    if given is None and SSH_KEY_ENV in env:
+        # The same thing spelt as a variable: checked the same way, never passed on unchecked.
+        given, field_name = env[SSH_KEY_ENV], "job.env"
+    if given is not None:
+        if (problem := ssh_public_key_problem(given)) is not None:
+            errors[field_name] = [problem]
+            return ""
+        return str(given).strip()
+    if ssh:
+        if not profile_key:
+            errors["job.ssh"] = [_("Add an SSH public key to your profile, or give job.ssh_public_key.")]
+            return ""
+        return profile_key.strip()
+    return ""

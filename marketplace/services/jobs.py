@@ -16,6 +16,7 @@ from django.utils.translation import gettext as _
 
 from core.errors import CapacityUnavailable, InvalidTransition, NotFound, ValidationFailed
 from marketplace.models import JOB_ENDED, JOB_LIVE, TRANSITIONS, Job, JobStatus, Order, Runtime, StopReason
+from marketplace.services.webhooks import job_webhook_on_stop_notice
 from marketplace.services.work import node_nudge
 from providers.models import Device, Node, NodeStatus
 
@@ -40,6 +41,9 @@ class JobSpec:
     ports: list[int] = field(default_factory=list)
     memory_mib: int | None = None
     cpus: int | None = None
+    # Persistent volumes to mount, as the buyer named them (``[{"name": "data"}]`` or
+    # ``[{"id": 7}]``); ``order_place`` resolves them to the buyer's volumes on one node.
+    volumes: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
         fields: dict[str, str] = {}
@@ -177,7 +181,9 @@ def job_stop_request(
             return job
         if job.status == JobStatus.QUEUED or (job.status == JobStatus.ASSIGNED and job.accepted_at is None):
             ended = JobStatus.PREEMPTED if reason == StopReason.PREEMPTION else JobStatus.STOPPED
-            return job_transition(job=job, to=ended, ended_at=now, stop_requested_at=now, stop_reason=reason)
+            job = job_transition(job=job, to=ended, ended_at=now, stop_requested_at=now, stop_reason=reason)
+            job_webhook_on_stop_notice(job=job)
+            return job
         deadline = max(deadline, now) if deadline is not None else now + notice
         if job.stop_deadline is not None and job.stop_deadline <= deadline:
             return job
@@ -189,6 +195,7 @@ def job_stop_request(
         )
         job.refresh_from_db()
         node_nudge(node_ids=[job.node_id])
+        job_webhook_on_stop_notice(job=job)
     log.info("job.stop_requested job_id=%s reason=%s deadline=%s", job.pk, reason, job.stop_deadline)
     return job
 
@@ -207,6 +214,9 @@ class JobEventIn:
 
 
 AGENT_STATES = ("accepted", "starting", "running", "exited", "failed", "stopped")
+# The furthest an event's seq may lie past the job's last one (agents count 1, 2, 3...; a few
+# may be refused or lost on the way).
+EVENT_SEQ_MAX_GAP = 1000
 _RANK = {JobStatus.ASSIGNED: 1, JobStatus.STARTING: 2, JobStatus.RUNNING: 3}
 
 
@@ -219,26 +229,60 @@ def job_for_node(*, node: Node, job_id: int, lock: bool = False) -> Job:
     return job
 
 
+def max_clock_skew() -> timedelta:
+    """How far an agent's clock may be off ours (``SUANLI_AGENT_MAX_CLOCK_SKEW_S``, 300 s)."""
+    return timedelta(seconds=settings.SUANLI_AGENT_MAX_CLOCK_SKEW_S)
+
+
 def job_event_record(*, node: Node, job_id: int, event: JobEventIn) -> Job:
     """Apply one agent event to the node's job.
 
     Contract: idempotent by ``seq``: an event whose seq is not above ``last_event_seq`` changes
-    nothing. Events only move a job forward (``assigned < starting < running < ended``); a
-    stale or contradicting one (``running`` for a lost job) is recorded as seen and ignored, so
-    the agent never retries it forever. ``accepted`` acknowledges the assignment; ``stopped``
-    after a preemption request becomes ``preempted``. Times in the future are clamped to now.
+    nothing; one more than ``EVENT_SEQ_MAX_GAP`` above it is refused (``ValidationFailed``), so
+    one absurd seq cannot make every later real event look stale. Events only move a job forward
+    (``assigned < starting < running < ended``); a stale or contradicting one (``running`` for a
+    lost job) is recorded as seen and ignored, so the agent never retries it forever.
+    ``accepted`` acknowledges the assignment; ``stopped`` after a preemption request becomes
+    ``preempted``.
+
+    Times are the agent's clock, and billing runs from ``started_at`` to ``ended_at``: an ``at``
+    more than the clock skew allowance after now or before the assignment is refused; within it,
+    ``at`` is clamped to [the job's latest recorded time (assigned, accepted, started), now],
+    and an end is never later than the stop deadline (the agent kills the job then).
     """
     if event.state not in AGENT_STATES:
         raise ValidationFailed(
             "Unknown job state.", fields={"state": f"Choose from {', '.join(AGENT_STATES)}."}
         )
     now = timezone.now()
-    at = min(event.at, now)
+    skew = max_clock_skew()
+    if event.at > now + skew:
+        raise ValidationFailed(
+            _("The event time is %(seconds)s s ahead of the server's clock; check the node's clock.")
+            % {"seconds": int((event.at - now).total_seconds())},
+            fields={"at": _("More than %(skew)s s in the future.") % {"skew": int(skew.total_seconds())}},
+            code="clock_skew",
+        )
     with transaction.atomic():
         lock_order_of(job_id=job_id)
         job = job_for_node(node=node, job_id=job_id, lock=True)
         if event.seq <= job.last_event_seq:
             return job
+        if event.seq > job.last_event_seq + EVENT_SEQ_MAX_GAP:
+            # An agent numbers a job's events 1, 2, 3...: a jump this large is not a lost event.
+            raise ValidationFailed(
+                _("Event seq %(seq)s jumps too far past the last one seen (%(last)s).")
+                % {"seq": event.seq, "last": job.last_event_seq},
+                fields={"seq": _("At most %(max)s.") % {"max": job.last_event_seq + EVENT_SEQ_MAX_GAP}},
+            )
+        assigned_at = job.assigned_at or job.created_at
+        if event.at < assigned_at - skew:
+            raise ValidationFailed(
+                _("The event time is before the job was assigned; check the node's clock."),
+                fields={"at": _("Before the job was assigned (%(at)s).") % {"at": assigned_at.isoformat()}},
+                code="clock_skew",
+            )
+        at = _clamp_event_time(job, event.at, now)
         changes: dict[str, Any] = {"last_event_seq": event.seq}
         if event.message:
             changes["message"] = event.message[:2000]
@@ -257,9 +301,22 @@ def job_event_record(*, node: Node, job_id: int, event: JobEventIn) -> Job:
         if target == JobStatus.RUNNING:
             changes["started_at"] = at
         if target in JOB_ENDED:
-            changes["ended_at"] = at
+            # SIGKILL lands at the stop deadline: nothing after it is the buyer's time.
+            ended_at = at if job.stop_deadline is None else max(min(at, job.stop_deadline), _floor(job))
+            changes["ended_at"] = ended_at
             changes["exit_code"] = event.exit_code
         return job_transition(job=job, to=target, **changes)
+
+
+def _floor(job: Job) -> datetime:
+    """The latest time the job is known to have reached: no later event may predate it."""
+    known = [t for t in (job.assigned_at, job.accepted_at, job.started_at) if t is not None]
+    return max(known) if known else job.created_at
+
+
+def _clamp_event_time(job: Job, at: datetime, now: datetime) -> datetime:
+    # A backdated ``running`` would bill time before the job existed; a future one, time to come.
+    return max(min(at, now), _floor(job))
 
 
 def _target_status(job: Job, state: str) -> str | None:
@@ -275,6 +332,56 @@ def _target_status(job: Job, state: str) -> str | None:
     if state == "stopped":
         return JobStatus.PREEMPTED if job.stop_reason == StopReason.PREEMPTION else JobStatus.STOPPED
     return None
+
+
+# --- Stops the agent did not report ------------------------------------------------------------
+
+
+def _stopped_status(job: Job) -> str:
+    return JobStatus.PREEMPTED if job.stop_reason == StopReason.PREEMPTION else JobStatus.STOPPED
+
+
+def job_end_unreported_stop(*, job: Job, at: datetime, message: str) -> Job | None:
+    """End a job whose stop was requested but never reported by its agent, at ``at``.
+
+    Contract: only a live job with a stop request moves (conditional update: a concurrent agent
+    event wins, and then this returns None); it becomes ``stopped`` (``preempted`` after a
+    preemption notice), ends at ``at`` (never after its stop deadline, never before its start)
+    and its lease closes there, in the same transaction.
+    """
+    if job.ended or job.stop_requested_at is None:
+        return None
+    ended_at = at if job.stop_deadline is None else min(at, job.stop_deadline)
+    ended_at = max(ended_at, _floor(job))
+    try:
+        return job_transition(job=job, to=_stopped_status(job), ended_at=ended_at, message=message)
+    except InvalidTransition:
+        return None  # an agent event moved it first
+
+
+def jobs_reconcile_reported(*, node: Node, running: Sequence[int]) -> list[int]:
+    """End the node's stopping jobs that its agent no longer runs (from the work poll's list).
+
+    The agent lists every job it has not finished (accepted ones included), so a job that was
+    acknowledged, was asked to stop and is missing from ``running`` has stopped, even if its
+    ``stopped`` event never arrived or was refused. It ends now, or at its deadline if that came
+    first. Returns the ids of the jobs ended.
+    """
+    now = timezone.now()
+    missing = (
+        Job.objects.filter(
+            node_id=node.pk, status__in=JOB_LIVE, stop_requested_at__isnull=False, accepted_at__isnull=False
+        )
+        .exclude(pk__in=list(running))
+        .order_by("pk")
+    )
+    ended: list[int] = []
+    for job in missing:
+        if job_end_unreported_stop(job=job, at=now, message="the agent no longer runs the job") is not None:
+            ended.append(job.pk)
+    if ended:
+        log.info("jobs.reconciled node_id=%s job_ids=%s", node.pk, ended)
+    return ended
 
 
 # --- Lost jobs ---------------------------------------------------------------------------------

@@ -5,25 +5,31 @@ preempts spot jobs that stand in their way; ``spot_round`` (every 30 s) clears e
 one price, places winning bids, re-rates running spot leases and preempts the outbid. Both hold a
 PostgreSQL advisory lock, so one round runs at a time across all workers.
 
-Reserved orders are decided one at a time (each against the devices free over its own window);
-all open on-demand orders are decided together by one in-memory round, as are all spot bids.
-Commits keep every order all or nothing with the slot exclusion constraint as the last guard:
-placements that preempt nobody are written ``COMMIT_CHUNK`` orders per transaction, and a chunk
-that meets any conflict is rolled back and retried one transaction per order, so a conflict costs
-that order alone (the next round retries it); placements that preempt spot jobs, and reserved
-ones (which book escrow), always commit one order per transaction.
+Firm orders (reserved and on-demand) are taken by price-time priority (``engine.firm_priority``:
+the highest limit, raised by ``SUANLI_FIRM_AGE_BOOST_BPS_PER_HOUR`` per hour waited, then the
+oldest). In that order, each run of consecutive reserved orders is decided one order at a time
+(each against the devices free over its own window) and each run of on-demand orders by one
+in-memory round; every spot bid is decided by one round. Commits keep every order all or nothing
+with the slot exclusion constraint as the last guard: placements are written ``COMMIT_CHUNK``
+orders per transaction (those that preempt spot jobs shrink the jobs' slots in the same
+transaction; reserved ones move their price to escrow in it), and a chunk that meets any conflict
+or refusal is rolled back and retried one transaction per order, so a conflict costs that order
+alone (the next round retries it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 
 import psycopg2.errors
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg2.extras import NumericRange
@@ -31,7 +37,7 @@ from psycopg2.extras import NumericRange
 from billing.services import hold_release, reservation_book
 from core.errors import InvalidTransition, SuanliError
 from marketplace.matching import market as mk
-from marketplace.matching.engine import explain, match_round
+from marketplace.matching.engine import explain, firm_priority, match_round
 from marketplace.models import (
     JOB_LIVE,
     ORDER_TRANSITIONS,
@@ -167,9 +173,14 @@ def market_load() -> LoadedMarket:
             software=software,
             devices=tuple(by_node.get(node_id, ())),
             offer=mk.Offer(
-                offer.on_demand_price_micros, offer.reserved_price_micros, offer.spot_floor_micros
+                offer.on_demand_price_micros,
+                offer.reserved_price_micros,
+                offer.spot_floor_micros,
+                min_rental=timedelta(minutes=offer.min_rental_minutes),
+                max_rental=timedelta(hours=offer.max_rental_hours),
             ),
             runtimes=frozenset(runtimes[node_id]),
+            verified=node.verified_at is not None,
         )
     booked: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for device_id, span in AllocationSlot.objects.filter(live=True).values_list("device_id", "span"):
@@ -240,7 +251,10 @@ class RoundReport:
 def _policy() -> mk.RoundPolicy:
     # The engine dates preemption deadlines (and so the preempting allocation's start) with the
     # same notice job_stop_request gives the agent.
-    return mk.RoundPolicy(preempt_notice=preemption_notice())
+    return mk.RoundPolicy(
+        preempt_notice=preemption_notice(),
+        firm_age_boost_bps_per_hour=settings.SUANLI_FIRM_AGE_BOOST_BPS_PER_HOUR,
+    )
 
 
 def _restrict(loaded: LoadedMarket, free: dict[int, frozenset[int]], now: datetime) -> mk.Market:
@@ -266,31 +280,51 @@ def matching_run(*, now: datetime | None = None) -> RoundReport:
             return report
         loaded = market_load()
         running_spot = running_spot_load()
-        taken: set[int] = set()
-        # Reserved orders come first (the top tier), one at a time: each sees the devices free
-        # over its own window.
-        for order in (o for o in orders if o.term == Term.RESERVED):
-            assert order.window_start is not None and order.window_end is not None
-            horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
-            free = loaded.free_during(max(order.window_start, now), order.window_end, order.runtime)
-            result = _decide(loaded, free, taken, now, [order], (), horizon=horizon)
-            if not result.placements:
-                report.unplaced[order.pk] = result.unplaced.get(order.pk, ())
+        policy = _policy()
+        # Price-time priority over both firm terms (engine.firm_priority); the runs of consecutive
+        # orders of one term are decided and committed in turn, so a run sees what every order
+        # ranked above it took.
+        ranked = sorted(orders, key=lambda o: firm_priority(domain_order(o), now, policy))
+        taken: set[int] = set()  # devices committed by this run
+        evicted: set[int] = set()  # spot jobs this run stopped
+        for term, run in groupby(ranked, key=lambda o: o.term):
+            if term == Term.RESERVED:
+                taken |= _reserved_run(list(run), loaded, taken, now, report)
                 continue
-            placement = result.placements[0]
-            if _commit(order, placement, loaded, now, {}):
-                report.placed.append(order.pk)
-                taken.update(placement.device_ids)
-            else:
-                report.conflicts.append(order.pk)
-        # On-demand orders all want devices from now on: one in-memory round decides them together.
-        on_demand = [o for o in orders if o.term == Term.ON_DEMAND]
-        if on_demand:
+            # On-demand orders all want devices from now on: one in-memory round decides them.
+            on_demand = list(run)
             free = loaded.free_during(now, now + RESERVATION_GUARD, None)
-            result = _decide(loaded, free, taken, now, on_demand, running_spot, horizon=timedelta(0))
+            spot = [job for job in running_spot if job.job_id not in evicted]
+            result = _decide(loaded, free, taken, now, on_demand, spot, horizon=timedelta(0))
             report.unplaced.update(result.unplaced)
-            _commit_round(result, {o.pk: o for o in on_demand}, loaded, now, report)
+            placed = _commit_round(result, {o.pk: o for o in on_demand}, loaded, now, report)
+            evicted |= {p.job_id for p in result.preempt}
+            taken |= {d for p in result.placements if p.order_id in placed for d in p.device_ids}
     return report
+
+
+def _reserved_run(
+    orders: Sequence[Order], loaded: LoadedMarket, taken: set[int], now: datetime, report: RoundReport
+) -> set[int]:
+    """Decide reserved orders one at a time (each sees the devices free over its own window), then
+    commit them together; returns the devices of those committed."""
+    decided: list[tuple[Order, mk.Placement]] = []
+    pending: set[int] = set()
+    for order in orders:
+        assert order.window_start is not None and order.window_end is not None
+        horizon = max(order.window_start - now, timedelta(0)) + timedelta(seconds=1)
+        free = loaded.free_during(max(order.window_start, now), order.window_end, order.runtime)
+        result = _decide(loaded, free, taken | pending, now, [order], (), horizon=horizon)
+        if not result.placements:
+            report.unplaced[order.pk] = result.unplaced.get(order.pk, ())
+            continue
+        decided.append((order, result.placements[0]))
+        pending.update(result.placements[0].device_ids)
+    placed, conflicts, _ = _commit_many(decided, loaded, now, {})
+    report.placed = sorted([*report.placed, *placed])
+    report.conflicts += conflicts
+    done = set(placed)
+    return {d for order, placement in decided if order.pk in done for d in placement.device_ids}
 
 
 def _decide(
@@ -322,31 +356,27 @@ def _commit_round(
     loaded: LoadedMarket,
     now: datetime,
     report: RoundReport,
-) -> None:
-    """Commit a round's new placements: batched where they preempt nobody, else one by one.
+) -> set[int]:
+    """Commit a round's new placements in chunks (``_commit_many``); the ids of those committed.
 
     Spot jobs the round evicted but no committed placement took over are stopped all the same
     (their notice is already part of the round's decision).
     """
     preempt = {p.job_id: p for p in result.preempt}
-    plain: list[tuple[Order, mk.Placement]] = []
+    items: list[tuple[Order, mk.Placement]] = []
+    own: dict[int, dict[int, mk.Preemption]] = {}
     for placement in result.placements:
         order = orders.get(placement.order_id)
         if placement.job_id is not None or order is None:
             continue
-        own = {job_id: preempt.pop(job_id) for job_id in placement.preempts if job_id in preempt}
-        if own:
-            ok = _commit(order, placement, loaded, now, own)
-            (report.placed if ok else report.conflicts).append(order.pk)
-            if ok:
-                report.preempted += list(own)
-        else:
-            plain.append((order, placement))
-    placed, conflicts = _commit_many(plain, loaded, now)
-    report.placed += placed
+        own[order.pk] = {job_id: preempt.pop(job_id) for job_id in placement.preempts if job_id in preempt}
+        items.append((order, placement))
+    placed, conflicts, preempted = _commit_many(items, loaded, now, own)
+    report.placed = sorted([*report.placed, *placed])
     report.conflicts += conflicts
-    report.placed.sort()
+    report.preempted += preempted
     report.preempted += _stop_preempted(preempt)
+    return set(placed)
 
 
 def _stop_preempted(notices: dict[int, mk.Preemption]) -> list[int]:
@@ -380,17 +410,33 @@ def placement_commit(
 
 
 def placements_commit(
-    *, items: Sequence[tuple[Order, mk.Placement]], loaded: LoadedMarket, now: datetime
+    *,
+    items: Sequence[tuple[Order, mk.Placement]],
+    loaded: LoadedMarket,
+    now: datetime,
+    preempts: Mapping[int, dict[int, mk.Preemption]] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Commit a round's placements that preempt nobody (what the rounds do): (placed, conflicts).
+    """Commit a round's placements (what the rounds do): (placed, conflicts) order ids.
 
     ``COMMIT_CHUNK`` orders per transaction, each order all or nothing; see ``_commit_many``.
+    ``preempts`` maps an order id to the spot jobs its placement evicts (stopped with notice after
+    its chunk commits); reserved placements book their escrow inside their chunk.
     """
-    return _commit_many(items, loaded, now)
+    placed, conflicts, _ = _commit_many(items, loaded, now, preempts or {})
+    return placed, conflicts
 
 
 class _NoSlot(Exception):
     """A placement whose slot would be empty: rolled back like a conflict."""
+
+
+def _starts_at(order: Order, now: datetime, preempt: Mapping[int, mk.Preemption]) -> datetime:
+    """When a placement's slots begin: its window (reserved), else now; after any preemption notice."""
+    starts_at = max(order.window_start or now, now)
+    if preempt:
+        # The preempted jobs keep their devices for the notice; the new slots start after it.
+        starts_at = max(starts_at, max(p.deadline for p in preempt.values()))
+    return starts_at
 
 
 def _commit(
@@ -401,10 +447,7 @@ def _commit(
     preempt: dict[int, mk.Preemption],
 ) -> bool:
     """Commit one placement in one transaction; False (and nothing written) on any conflict."""
-    starts_at = max(order.window_start or now, now)
-    if preempt:
-        # The preempted jobs keep their devices for the notice; the new slots start after it.
-        starts_at = max(starts_at, max(p.deadline for p in preempt.values()))
+    starts_at = _starts_at(order, now, preempt)
     try:
         rows = _rows(order, placement, loaded, now, starts_at)
         with transaction.atomic():
@@ -453,40 +496,53 @@ def _commit(
 
 
 def _commit_many(
-    items: Sequence[tuple[Order, mk.Placement]], loaded: LoadedMarket, now: datetime
-) -> tuple[list[int], list[int]]:
-    """Commit placements that preempt nobody, ``COMMIT_CHUNK`` orders per transaction.
+    items: Sequence[tuple[Order, mk.Placement]],
+    loaded: LoadedMarket,
+    now: datetime,
+    preempts: Mapping[int, dict[int, mk.Preemption]],
+) -> tuple[list[int], list[int], list[int]]:
+    """Commit placements ``COMMIT_CHUNK`` orders per transaction: (placed, conflicts, preempted).
 
     Each order is still all or nothing: a chunk that meets any conflict (a slot the exclusion
-    constraint refuses, a node or order that changed under it) is rolled back whole and its
-    orders are committed again one transaction each, so a conflict costs that one order alone.
-    Returns (placed, conflicts) order ids.
+    constraint refuses, a node or order that changed under it, a refusal from billing when a
+    reserved booking moves to escrow, a deadlock) is rolled back whole and its orders are committed
+    again one transaction each, so a conflict costs that one order alone. Placements that preempt
+    spot jobs (``preempts[order id]``) shrink those jobs' slots in the chunk and stop them with
+    notice once it has committed.
     """
     placed: list[int] = []
     conflicts: list[int] = []
+    preempted: list[int] = []
     ready: list[_Rows] = []
     for order, placement in items:
+        own = preempts.get(order.pk) or {}
         try:
-            ready.append(_rows(order, placement, loaded, now, max(order.window_start or now, now)))
+            ready.append(_rows(order, placement, loaded, now, _starts_at(order, now, own), preempt=own))
         except _NoSlot as exc:
             log.warning("matching.no_slot order_id=%s error=%s", order.pk, exc)
             conflicts.append(order.pk)
-    placements = {order.pk: placement for order, placement in items}
     for start in range(0, len(ready), COMMIT_CHUNK):
         chunk = ready[start : start + COMMIT_CHUNK]
         try:
-            done, gone = _commit_chunk(chunk, now)
-        except (IntegrityError, OperationalError, _Changed) as exc:
+            done, gone = _commit_chunk(chunk, loaded, now)
+        except (IntegrityError, OperationalError, SuanliError, _Changed) as exc:
             if isinstance(exc, OperationalError) and not _retryable(exc):
                 raise
             log.warning("matching.chunk_conflict orders=%s error=%s", len(chunk), exc)
             for rows in chunk:
-                ok = _commit(rows.order, placements[rows.order.pk], loaded, now, {})
+                ok = _commit(rows.order, rows.placement, loaded, now, rows.preempt)
                 (placed if ok else conflicts).append(rows.order.pk)
+                if ok:
+                    preempted += list(rows.preempt)
             continue
         placed += done
         conflicts += gone
-    return placed, conflicts
+        stopping = {
+            job_id: p for rows in chunk if rows.order.pk in done for job_id, p in rows.preempt.items()
+        }
+        if stopping:
+            preempted += _stop_preempted(stopping)
+    return placed, conflicts, preempted
 
 
 def _retryable(exc: OperationalError) -> bool:
@@ -498,7 +554,7 @@ class _Changed(Exception):
     """An order of a chunk changed between the lock and the update: retry the chunk per order."""
 
 
-def _commit_chunk(chunk: Sequence[_Rows], now: datetime) -> tuple[list[int], list[int]]:
+def _commit_chunk(chunk: Sequence[_Rows], loaded: LoadedMarket, now: datetime) -> tuple[list[int], list[int]]:
     """One transaction for a chunk of placements (see ``_commit_many``)."""
     with transaction.atomic():
         ids = sorted(rows.order.pk for rows in chunk)
@@ -511,7 +567,24 @@ def _commit_chunk(chunk: Sequence[_Rows], now: datetime) -> tuple[list[int], lis
         live = [rows for rows in chunk if rows.order.pk in still_open]
         node_ids = sorted({node_id for rows in live for node_id in rows.node_ids})
         _lock_nodes(node_ids)
+        # Preempted jobs keep their devices until their notice ends: cut their slots there first.
+        until: dict[datetime, list[int]] = defaultdict(list)
+        for rows in live:
+            if rows.preempt:
+                until[rows.starts_at] += list(rows.preempt)
+        for moment, job_ids in sorted(until.items()):
+            _shrink_slots(sorted(job_ids), until=moment)
         _write(live)
+        # Escrow bookings lock the buyers' accounts: in buyer order, like every other booking.
+        reserved = sorted(
+            (rows for rows in live if rows.order.term == Term.RESERVED),
+            key=lambda r: (r.order.buyer_id, r.order.pk),
+        )
+        buyers = get_user_model().objects.in_bulk(sorted({rows.order.buyer_id for rows in reserved}))
+        for rows in reserved:
+            rows.order.buyer = buyers[rows.order.buyer_id]  # one query for the chunk, not one each
+            provider_of = {n: loaded.nodes[n].provider_id for n in rows.node_ids}
+            _book_reservation(rows.order, rows.placement, rows.jobs, provider_of)
         assert OrderStatus.ALLOCATED in ORDER_TRANSITIONS[OrderStatus.OPEN]
         moved = Order.objects.filter(pk__in=sorted(still_open), status=OrderStatus.OPEN).update(
             status=OrderStatus.ALLOCATED, matched_at=now, status_reason="", status_params={}, updated_at=now
@@ -534,17 +607,49 @@ class _Rows:
     allocations: list[Allocation]
     slots: list[AllocationSlot]
     jobs: list[Job]
+    placement: mk.Placement
+    starts_at: datetime
+    preempt: dict[int, mk.Preemption] = field(default_factory=dict)
 
 
 def _rows(
-    order: Order, placement: mk.Placement, loaded: LoadedMarket, now: datetime, starts_at: datetime
+    order: Order,
+    placement: mk.Placement,
+    loaded: LoadedMarket,
+    now: datetime,
+    starts_at: datetime,
+    *,
+    preempt: dict[int, mk.Preemption] | None = None,
 ) -> _Rows:
-    """Build (not save) a placement's rows; ``_NoSlot`` if a device is booked before it begins."""
+    """Build (not save) a placement's rows; ``_NoSlot`` if a device is booked before it begins.
+
+    A reserved allocation ends with its window. An on-demand or spot one ends at the offer's
+    maximum rental length after it starts (the shortest of a gang's nodes), and is stopped with
+    notice then (``provisioning.jobs_stop_at_allocation_end``); its slots end sooner if a booking
+    on their devices begins first.
+    """
     ends_at = order.window_end
+    if ends_at is None:
+        longest = [
+            max_rental
+            for slot in placement.slots
+            if (max_rental := loaded.nodes[slot.node_id].offer.max_rental) is not None
+        ]
+        # Whole seconds, like the slots' spans, so the job is killed when its slots end.
+        ends_at = (starts_at + min(longest)).replace(microsecond=0) if longest else None
     # Jobs start when their devices are theirs: reserved at the window, after a preemption
     # notice, else now.
     deferred = starts_at > now
-    rows = _Rows(order, sorted(slot.node_id for slot in placement.slots), [], [], [])
+    rows = _Rows(
+        order,
+        sorted(slot.node_id for slot in placement.slots),
+        [],
+        [],
+        [],
+        placement,
+        starts_at,
+        dict(preempt or {}),
+    )
     for slot in placement.slots:
         allocation = Allocation(
             order=order,
@@ -556,7 +661,10 @@ def _rows(
         )
         rows.allocations.append(allocation)
         for device_id in slot.device_ids:
-            end = ends_at or loaded.next_booking_after(device_id, starts_at)
+            end = order.window_end or min(
+                (at for at in (ends_at, loaded.next_booking_after(device_id, starts_at)) if at is not None),
+                default=None,
+            )
             if end is not None and epoch(end) <= epoch(starts_at):
                 # Booked again before this slot could begin (spans are whole seconds): nothing
                 # to allocate; the next round decides afresh.
@@ -628,15 +736,23 @@ def _shrink_slots(job_ids: Sequence[int], *, until: datetime) -> None:
         slot.save(update_fields=["span"])
 
 
-def _book_reservation(order: Order, placement: mk.Placement, jobs: list[Job]) -> None:
-    """Reserved: release the worst-case hold and move the real price into escrow."""
+def _book_reservation(
+    order: Order, placement: mk.Placement, jobs: list[Job], provider_of: Mapping[int, int] | None = None
+) -> None:
+    """Reserved: release the worst-case hold and move the real price into escrow.
+
+    ``provider_of`` maps the jobs' nodes to their providers (read from the nodes when not given).
+    """
     from billing.models import Hold, HoldStatus
 
     assert order.window_start is not None and order.window_end is not None
     hold = Hold.objects.filter(pk=order.hold_id).first() if order.hold_id is not None else None
     if hold is not None and hold.status == HoldStatus.OPEN:
         hold_release(hold=hold)
-    provider_of = dict(Node.objects.filter(pk__in=[j.node_id for j in jobs]).values_list("pk", "provider_id"))
+    if provider_of is None:
+        provider_of = dict(
+            Node.objects.filter(pk__in=[j.node_id for j in jobs]).values_list("pk", "provider_id")
+        )
     starts_at = max(order.window_start, timezone.now())
     reservations = [
         reservation_book(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core.errors import ValidationFailed
 from core.money import format_amount
-from marketplace.models import MAX_PRICE_MICROS, Offer
+from marketplace.models import MAX_PRICE_MICROS, SPAN_DEVICE_STRIDE, Offer
 from providers.models import Device, Node, NodeStatus
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class OfferChange:
     listed: bool | None = None
     min_rental_minutes: int | None = None
     max_rental_hours: int | None = None
+    volume_price_micros: int | None = None
 
 
 def _primary_accelerator(node: Node) -> tuple[int, int]:
@@ -87,6 +90,10 @@ def offer_update(*, node: Node, change: OfferChange) -> Offer:
                 errors[name.removesuffix("_micros")] = _("At most %(max)s per device-hour.") % {
                     "max": format_amount(MAX_PRICE_MICROS)
                 }
+        if not 0 <= offer.volume_price_micros <= MAX_PRICE_MICROS:
+            errors["volume_price"] = _("Between 0 (no volumes) and %(max)s per GiB-hour.") % {
+                "max": format_amount(MAX_PRICE_MICROS)
+            }
         if offer.min_rental_minutes < 1:
             errors["min_rental_minutes"] = _("At least 1 minute.")
         if offer.max_rental_hours < 1 or offer.max_rental_hours > 24 * 366:
@@ -110,3 +117,82 @@ def offer_update(*, node: Node, change: OfferChange) -> Offer:
         offer.save()
     log.info("offer.updated node_id=%s listed=%s", node.pk, offer.listed)
     return offer
+
+
+# --- Stored free-device counts -----------------------------------------------------------------
+
+# Window bounds for "no slot boundary on this side" (epoch seconds; far beyond any real time).
+FREE_COUNT_FOREVER = 1 << 62
+# One refresh at a time (pg_try_advisory_xact_lock key): two overlapping refreshes could store an
+# older snapshot's count after a newer one had cleared the node's change marks.
+FREE_COUNT_REFRESH_LOCK = 0x5A4C_F4EE
+
+# The nodes to recount at %(t)s: offers with no stored count or one outside its window, and every
+# node a slot or device write marked since.
+_STALE_NODES_SQL = """
+SELECT o.node_id FROM marketplace_offer o
+  LEFT JOIN marketplace_freedevicecount c ON c.node_id = o.node_id
+ WHERE c.node_id IS NULL OR c.valid_from > %(t)s OR c.valid_until <= %(t)s
+UNION
+SELECT node_id FROM marketplace_freedevicechange
+"""
+
+# The node's count at %(t)s (marketplace_node_free_devices, migration 0006) and the window around
+# %(t)s in which no live slot of the node starts or ends, so the count holds throughout: from the
+# last boundary at or before %(t)s to the first after it. Upserted for the nodes that have an offer.
+_RECOUNT_SQL = """
+INSERT INTO marketplace_freedevicecount (node_id, devices, valid_from, valid_until)
+SELECT o.node_id,
+       marketplace_node_free_devices(o.node_id, %(t)s),
+       coalesce(b.valid_from, -%(forever)s),
+       coalesce(b.valid_until, %(forever)s)
+  FROM marketplace_offer o
+  LEFT JOIN LATERAL (
+      SELECT max(GREATEST(CASE WHEN x.lo <= %(t)s THEN x.lo END,
+                          CASE WHEN x.hi <= %(t)s THEN x.hi END)) AS valid_from,
+             min(LEAST(CASE WHEN x.lo > %(t)s THEN x.lo END,
+                       CASE WHEN x.hi > %(t)s THEN x.hi END)) AS valid_until
+        FROM providers_device d
+        JOIN marketplace_allocationslot s ON s.device_id = d.id AND s.live AND NOT isempty(s.span)
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN lower_inf(s.span) THEN -%(forever)s
+                        ELSE lower(s.span) - d.id * %(stride)s END AS lo,
+                   CASE WHEN upper_inf(s.span) THEN %(forever)s
+                        ELSE upper(s.span) - d.id * %(stride)s END AS hi
+        ) x
+       WHERE d.node_id = o.node_id
+  ) b ON true
+ WHERE o.node_id = ANY(%(node_ids)s)
+ON CONFLICT (node_id) DO UPDATE
+   SET devices = EXCLUDED.devices, valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until
+"""
+
+
+def offer_free_devices_refresh(*, at: datetime | None = None) -> int:
+    """Recount the stored free devices (``FreeDeviceCount``) of every node that needs it at ``at``
+    (default now): no stored count, a count whose window a reserved or open slot's start or end has
+    left, or a node that a slot or device write marked (``FreeDeviceChange``). Returns how many
+    nodes were recounted; a run with nothing to do costs two small queries.
+
+    Contract: the marks it deletes are ones its snapshot sees, and it recounts in a later statement
+    (READ COMMITTED: a newer snapshot), so every write whose mark it clears is in the count; marks
+    committed meanwhile stay for the next run, and until then readers count those nodes live. It
+    takes no lock a slot writer waits on; one refresh runs at a time (a concurrent call returns 0
+    at once). Safe to run twice. Runs on the beat (``marketplace-offer-free-devices``).
+    """
+    t = int((at or timezone.now()).timestamp())
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [FREE_COUNT_REFRESH_LOCK])
+        if not cursor.fetchone()[0]:
+            return 0
+        cursor.execute(_STALE_NODES_SQL, {"t": t})
+        node_ids = [row[0] for row in cursor.fetchall()]
+        if not node_ids:
+            return 0
+        cursor.execute("DELETE FROM marketplace_freedevicechange WHERE node_id = ANY(%s)", [node_ids])
+        cursor.execute(
+            _RECOUNT_SQL,
+            {"t": t, "node_ids": node_ids, "forever": FREE_COUNT_FOREVER, "stride": SPAN_DEVICE_STRIDE},
+        )
+    log.info("offer.free_devices_refreshed nodes=%s", len(node_ids))
+    return len(node_ids)

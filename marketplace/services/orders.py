@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,7 @@ from django.utils.translation import ngettext
 
 from billing.services import hold_place as billing_hold_place
 from billing.services import hold_release, reservation_cancel
+from billing.services.spend import spend_cap_check
 from core.errors import Conflict, InsufficientFunds, InvalidTransition, NotFound, ValidationFailed
 from core.money import format_amount
 from marketplace.matching.requirements import SoftwareSpecError, parse_software_spec
@@ -119,8 +120,14 @@ def _validate(request: OrderRequest, now: datetime) -> dict[str, str]:
         start, end = request.window_start, request.window_end
         if start is None or end is None:
             errors["window"] = _("A reserved order needs window_start and window_end.")
+        elif timezone.is_naive(start) or timezone.is_naive(end):
+            # Never guess a zone: a naive time read as UTC books the wrong hours.
+            name = "window_start" if timezone.is_naive(start) else "window_end"
+            errors[name] = window_zone_message()
         elif start < now - timedelta(minutes=1):
             errors["window_start"] = _("The window must start in the future.")
+        elif start > now + max_reservation_ahead():
+            errors["window_start"] = max_reservation_ahead_message()
         elif end - start < timedelta(seconds=settings.SUANLI_MIN_RESERVATION_S):
             errors["window_end"] = min_reservation_message()
         elif end - start > MAX_RESERVATION:
@@ -140,6 +147,24 @@ def _validate(request: OrderRequest, now: datetime) -> dict[str, str]:
                 "That node has %(count)s device.", "That node has %(count)s devices.", offer.device_count
             ) % {"count": offer.device_count}
     return errors
+
+
+def max_reservation_ahead() -> timedelta:
+    """How far ahead a reserved window may start (``SUANLI_MAX_RESERVATION_AHEAD_DAYS``)."""
+    return timedelta(days=settings.SUANLI_MAX_RESERVATION_AHEAD_DAYS)
+
+
+def max_reservation_ahead_message() -> str:
+    days = settings.SUANLI_MAX_RESERVATION_AHEAD_DAYS
+    return ngettext(
+        "A reservation starts at most %(count)s day from now.",
+        "A reservation starts at most %(count)s days from now.",
+        days,
+    ) % {"count": days}
+
+
+def window_zone_message() -> str:
+    return _("Give a time zone, like 2026-03-02T09:00:00Z or 2026-03-02T17:00:00+08:00.")
 
 
 def min_reservation_message() -> str:
@@ -193,6 +218,13 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
         return existing, False
 
     now = timezone.now()
+    from marketplace.services.volumes import volumes_lock_for_order, volumes_resolve
+
+    # A job that mounts volumes runs on their node: the order is bound to that node's offer.
+    volumes, offer_id = volumes_resolve(
+        buyer=buyer, requested=request.job.volumes, offer_id=request.offer_id, node_count=request.node_count
+    )
+    request = replace(request, offer_id=offer_id)
     errors = _validate(request, now)
     if errors:
         first, message = next(iter(errors.items()))
@@ -201,6 +233,8 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
     amount = _hold_amount(request)
     try:
         with transaction.atomic():
+            # Under the buyer's spend-control lock: a concurrent order's hold counts for this one.
+            spend_cap_check(buyer_id=buyer.pk, amount_micros=amount, now=now)
             order = Order.objects.create(
                 buyer=buyer,
                 term=request.term,
@@ -222,9 +256,11 @@ def order_place(*, buyer: User, request: OrderRequest, idempotency_key: str) -> 
                 ports=list(request.job.ports),
                 runtime=request.job.runtime,
                 restart_on_failure=request.restart_on_failure,
+                volumes=volumes,
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
             )
+            volumes_lock_for_order(volumes=volumes)
             try:
                 hold = billing_hold_place(buyer=buyer, amount_micros=amount, reference=f"order:{order.pk}")
             except InsufficientFunds:
@@ -274,9 +310,12 @@ def order_get_for_buyer(*, buyer: User, order_id: int) -> Order:
 def order_cancel(*, order: Order) -> Order:
     """Cancel an order: an open one at once (hold released), a running one by stopping its jobs.
 
-    Contract: a reserved order cancelled before its window starts is refunded minus the
-    cancellation fee; after that, cancelling stops its jobs and the booked window stays paid.
-    Ended and cancelled orders are returned unchanged.
+    Contract: locks the order. A reserved order cancelled before its window starts is cancelled at
+    once: every booking of it is refunded minus the cancellation fee
+    (``BILLING_RESERVATION_CANCEL_FEE_BPS``, kept as platform fee), its allocations are released
+    (the devices are free for the window again) and its queued jobs end as ``stopped``. After the
+    start, cancelling stops its jobs and the booked window stays paid. Ended and cancelled orders
+    are returned unchanged, so a second cancel changes nothing.
     """
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order.pk)
@@ -294,34 +333,83 @@ def order_cancel(*, order: Order) -> Order:
             _release_money(order)
             return order
         jobs = list(Job.objects.filter(order=order).exclude(status__in=list(_ENDED_JOB_STATUSES)))
-        if order.term == Term.RESERVED and order.window_start and now < order.window_start:
-            from billing.models import Reservation
-
-            reservation = (
-                Reservation.objects.filter(pk=order.reservation_id).first()
-                if order.reservation_id is not None
-                else None
-            )
-            if reservation is not None:
-                reservation_cancel(reservation=reservation, at=now)
-            from marketplace.services.provisioning import allocations_release
-
-            allocations_release(order=order, at=now)
-            for job in jobs:
-                job_stop_request(job=job, reason=StopReason.BUYER)
-            order_transition(
-                order=order,
-                to=OrderStatus.CANCELLED,
-                ended_at=now,
-                status_reason=OrderReason.CANCELLED_BY_BUYER,
-                status_params={},
-            )
+        if _before_window(order, now):
+            _cancel_reservation(order, jobs, now)
             return order
         order.status_reason, order.status_params = OrderReason.STOPPING_FOR_BUYER, {}
         order.save(update_fields=["status_reason", "status_params", "updated_at"])
     for job in jobs:
         job_stop_request(job=job, reason=StopReason.BUYER)
     return order
+
+
+def _before_window(order: Order, now: datetime) -> bool:
+    return order.term == Term.RESERVED and order.window_start is not None and now < order.window_start
+
+
+def _cancel_reservation(order: Order, jobs: list[Job], now: datetime) -> None:
+    """Cancel a confirmed reservation before its window (the caller holds the order's lock)."""
+    from billing.models import Reservation, ReservationStatus
+    from marketplace.services.provisioning import allocations_release
+
+    # The order moves first: its jobs ending below must not end it as "job stopped" (which made
+    # the order's own conditional update fail and the whole cancel answer 409).
+    order_transition(
+        order=order,
+        to=OrderStatus.CANCELLED,
+        ended_at=now,
+        status_reason=OrderReason.CANCELLED_BY_BUYER,
+        status_params={},
+    )
+    # Slots before money, as the matcher takes them (slots, then the buyer's accounts).
+    allocations_release(order=order, at=now)
+    # One booking per job (a gang has one per node); ``order.reservation_id`` names only the first.
+    lease_ids = [i for i in Job.objects.filter(order=order).values_list("lease_id", flat=True) if i]
+    for reservation in Reservation.objects.filter(
+        lease_id__in=lease_ids, status=ReservationStatus.CONFIRMED
+    ).order_by("pk"):
+        reservation_cancel(reservation=reservation, at=now)
+    for job in jobs:
+        # Queued until the window: they end at once, without the agent.
+        job_stop_request(job=job, reason=StopReason.BUYER)
+    _release_money(order)
+    log.info("order.reservation_cancelled order_id=%s lease_ids=%s", order.pk, lease_ids)
+
+
+def order_job_stop(*, job: Job) -> Job:
+    """A buyer stops ``job``: SIGTERM now, SIGKILL after the stop notice (``job_stop_request``).
+
+    Contract: the queued job of a reserved order whose window has not started is not stopped on
+    its own: stopping it is a cancellation of the reservation (``order_cancel``: refunded minus
+    the cancellation fee, devices released), since a booking without its job would only block
+    paid devices. Once the window has started the job just stops and the booking stays paid.
+    """
+    if job.order_id is not None:
+        order = Order.objects.filter(pk=job.order_id).first()
+        if (
+            order is not None
+            and order.status == OrderStatus.ALLOCATED
+            and _before_window(order, timezone.now())
+        ):
+            order_cancel(order=order)
+            return Job.objects.get(pk=job.pk)
+    return job_stop_request(job=job, reason=StopReason.BUYER)
+
+
+def order_cancel_fee_micros(*, order: Order) -> int:
+    """The fee a reserved order pays (or paid) for cancelling before its window; 0 otherwise."""
+    from billing.models import Reservation, ReservationStatus
+    from billing.services.reservations import reservation_cancel_fee
+
+    if order.term != Term.RESERVED:
+        return 0
+    lease_ids = [i for i in Job.objects.filter(order=order).values_list("lease_id", flat=True) if i]
+    fee = 0
+    for status, amount, paid in Reservation.objects.filter(lease_id__in=lease_ids).values_list(
+        "status", "amount_micros", "cancel_fee_micros"
+    ):
+        fee += paid if status == ReservationStatus.CANCELLED else reservation_cancel_fee(amount_micros=amount)
+    return fee
 
 
 _ENDED_JOB_STATUSES = {

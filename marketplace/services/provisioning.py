@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from psycopg2.extras import NumericRange
@@ -35,8 +35,9 @@ from marketplace.models import (
     StopReason,
     Term,
 )
-from marketplace.services.jobs import job_stop_request, job_transition
+from marketplace.services.jobs import job_end_unreported_stop, job_stop_request, job_transition
 from marketplace.services.orders import order_transition
+from marketplace.services.webhooks import job_webhook_on_status
 from marketplace.services.work import node_nudge
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ ACK_TIMEOUT = timedelta(seconds=60)
 GANG_GRACE = timedelta(seconds=30)
 FUNDS_NOTICE = timedelta(seconds=30)
 END_NOTICE = timedelta(seconds=30)
+# How long past a stop deadline the agent has to report the stop itself (with its exit code)
+# before the server ends the job on its own; billing ends at the deadline either way.
+STOP_REPORT_GRACE = timedelta(seconds=15)
 
 _LEASE_KIND = {
     Term.ON_DEMAND: LeaseKind.ON_DEMAND,
@@ -55,6 +59,8 @@ _LEASE_KIND = {
 
 def job_status_changed(*, job: Job, old: str) -> None:
     """React to ``job`` having moved from ``old`` to ``job.status`` (same transaction)."""
+    # The buyer's webhooks: rows written in this transaction, posted after it commits.
+    job_webhook_on_status(job=job, old=old)
     if job.order_id is None:
         return
     order = Order.objects.select_for_update().get(pk=job.order_id)
@@ -94,9 +100,13 @@ def _on_ended(job: Job, order: Order) -> None:
     lease = Lease.objects.filter(pk=job.lease_id).first() if job.lease_id else None
     closes_lease = order.term != Term.RESERVED or job.status == JobStatus.LOST
     if lease is not None and closes_lease and lease.status in (LeaseStatus.OPEN, LeaseStatus.PAUSED):
-        lease_close(lease=lease, at=max(ended_at, lease.started_at))
+        # Never before the current rate segment (a spot re-rate), which lease_close refuses.
+        lease_close(lease=lease, at=max(ended_at, lease.segment_started_at or lease.started_at))
     if order.term != Term.RESERVED or job.status == JobStatus.LOST:
         allocations_release(order=order, at=ended_at, allocation_ids=[job.allocation_id])
+        if job.stop_requested_at is not None and _handover_waiting(job):
+            # A displacing order waits on these devices: start it now, not at the notice deadline.
+            transaction.on_commit(_trigger_promotion)
     live = Job.objects.filter(order=order).exclude(pk=job.pk).exclude(status__in=list(JOB_ENDED))
     if live.exists():
         # A gang ends together, but its members usually finish within moments of each other:
@@ -116,6 +126,26 @@ def _on_ended(job: Job, order: Order) -> None:
     )
     reason, params = _end_reason(job)
     order_transition(order=order, to=final, ended_at=ended_at, status_reason=reason, status_params=params)
+
+
+def _handover_waiting(job: Job) -> bool:
+    """Whether a queued job of a displacing (non-reserved) order waits for the node's devices."""
+    return (
+        Job.objects.filter(
+            node_id=job.node_id, status=JobStatus.QUEUED, allocation__starts_at__gt=timezone.now()
+        )
+        .exclude(order__term=Term.RESERVED)
+        .exists()
+    )
+
+
+def _trigger_promotion() -> None:
+    from marketplace.tasks import promote_deferred
+
+    try:
+        promote_deferred.delay()
+    except Exception:  # the broker is down: the matcher's tick promotes it within 5 s
+        log.warning("jobs.promotion_dispatch_failed", exc_info=True)
 
 
 def _end_reason(job: Job) -> tuple[str, dict[str, Any]]:
@@ -185,28 +215,55 @@ def allocations_release(*, order: Order, at: datetime, allocation_ids: list[int 
 
 
 def jobs_promote_deferred(*, now: datetime | None = None) -> list[int]:
-    """Queued jobs whose allocation has begun (reserved window, end of a preemption notice)."""
+    """Hand queued jobs to their agents once their devices are theirs.
+
+    Contract: a job whose allocation has begun (a reserved window, the end of a preemption
+    notice) is assigned unless a job on its devices is still within its stop notice (one past
+    its deadline is gone: SIGKILL). A displacing on-demand or spot job (allocated after a
+    preemption notice) is assigned before its allocation begins as soon as no live job uses its
+    devices any more: its allocation and slots are moved to start now (the exclusion constraint
+    still guards them; on a conflict the job waits for its start). Reserved jobs never start
+    before their window. Safe to run twice.
+    """
     now = now or timezone.now()
     promoted: list[int] = []
-    for job in Job.objects.filter(status=JobStatus.QUEUED, allocation__starts_at__lte=now).select_related(
-        "allocation"
-    ):
+    due = Q(allocation__starts_at__lte=now) | (
+        Q(allocation__starts_at__gt=now) & ~Q(order__term=Term.RESERVED)
+    )
+    for job in Job.objects.filter(due, status=JobStatus.QUEUED).select_related("allocation").order_by("pk"):
         assert job.allocation is not None
         blockers = Job.objects.filter(
             allocation__slots__device_id__in=list(job.allocation.slots.values_list("device_id", flat=True)),
             status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
         ).exclude(pk=job.pk)
+        early = job.allocation.starts_at > now
+        if early and blockers.exists():
+            continue  # the preempted job still runs: it has until its deadline
         # A preempted job past its deadline is gone (SIGKILL) whatever its agent has reported.
-        if blockers.filter(stop_deadline__gt=now - timedelta(seconds=15)).exists():
+        if not early and blockers.filter(stop_deadline__gt=now).exists():
             continue
         try:
-            job_transition(job=job, to=JobStatus.ASSIGNED, assigned_at=now)
-        except InvalidTransition:
-            continue
+            with transaction.atomic():
+                if early:
+                    _start_allocation_now(job.allocation, now)
+                job_transition(job=job, to=JobStatus.ASSIGNED, assigned_at=now)
+        except (InvalidTransition, IntegrityError):
+            continue  # moved meanwhile, or a slot overlaps: it waits for its own start
         promoted.append(job.pk)
     if promoted:
         node_nudge(node_ids=set(Job.objects.filter(pk__in=promoted).values_list("node_id", flat=True)))
     return promoted
+
+
+def _start_allocation_now(allocation: Allocation, now: datetime) -> None:
+    """Move a deferred allocation's start (and its live slots') back to ``now``."""
+    for slot in AllocationSlot.objects.select_for_update().filter(allocation=allocation, live=True):
+        if slot.span.isempty:
+            continue
+        base = slot.device_id * SPAN_DEVICE_STRIDE
+        slot.span = NumericRange(min(base + int(now.timestamp()), slot.span.lower), slot.span.upper, "[)")
+        slot.save(update_fields=["span"])
+    Allocation.objects.filter(pk=allocation.pk).update(starts_at=now, updated_at=now)
 
 
 def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
@@ -260,7 +317,8 @@ def jobs_requeue_unacknowledged(*, now: datetime | None = None) -> list[int]:
 
 
 def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
-    """Jobs whose allocation ends soon (reserved windows; on-demand before a reservation) get notice.
+    """Jobs whose allocation ends soon (reserved windows; on-demand and spot at the offer's maximum
+    rental, which the matcher writes as the allocation's end) get notice.
 
     Contract: SIGTERM up to ``END_NOTICE`` before the end, SIGKILL at the allocation's end (never
     later: the devices may be booked from then on). A job its agent has not acknowledged yet is
@@ -280,6 +338,31 @@ def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
         job_stop_request(job=job, reason=StopReason.OPERATOR, deadline=job.allocation.ends_at)
         stopped.append(job.pk)
     return stopped
+
+
+def jobs_end_past_stop_deadline(*, now: datetime | None = None) -> list[int]:
+    """End live jobs still not reported stopped ``STOP_REPORT_GRACE`` after their stop deadline.
+
+    Contract: the agent kills a job at its deadline; if it never says so (a refused or lost
+    event, a silent node), the server ends the job itself, as ``stopped`` (``preempted`` after
+    a preemption notice), ended at the deadline, so its lease closes there and the buyer pays
+    nothing past it. A concurrent agent event wins; a second run changes nothing. Returns the
+    ids of the jobs ended.
+    """
+    now = now or timezone.now()
+    overdue = Job.objects.filter(
+        status__in=[JobStatus.ASSIGNED, JobStatus.STARTING, JobStatus.RUNNING],
+        stop_deadline__lte=now - STOP_REPORT_GRACE,
+    ).order_by("pk")
+    ended: list[int] = []
+    for job in overdue:
+        assert job.stop_deadline is not None
+        message = "the node did not report the stop by its deadline"
+        if job_end_unreported_stop(job=job, at=job.stop_deadline, message=message) is not None:
+            ended.append(job.pk)
+    if ended:
+        log.info("jobs.ended_past_deadline job_ids=%s", ended)
+    return ended
 
 
 def jobs_stop_gang_remainders(*, now: datetime | None = None) -> list[int]:

@@ -20,7 +20,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.redis import redis_client
-from marketplace.models import JOB_ENDED, JOB_LIVE, Job, JobStatus
+from marketplace.models import JOB_ENDED, JOB_LIVE, Job, JobStatus, Order, Volume, VolumeStatus
+from marketplace.services.gang import gang_env
 from providers.models import Device, Node, Vendor
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ def node_nudge(*, node_ids: Iterable[int]) -> None:
 class WorkOffer:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     stop: list[dict[str, Any]] = field(default_factory=list)
+    # Volumes the agent holds that no longer exist here (deleted): it removes their data. Not an
+    # offer to acknowledge: it is answered from what the agent reports on every poll.
+    delete_volumes: list[int] = field(default_factory=list)
 
     def keys(self) -> set[str]:
         return {f"job:{job['id']}" for job in self.jobs} | {
@@ -78,15 +82,20 @@ class WorkOffer:
         }
 
     def as_json(self) -> dict[str, Any]:
-        return {"jobs": self.jobs, "stop": self.stop}
+        body: dict[str, Any] = {"jobs": self.jobs, "stop": self.stop}
+        if self.delete_volumes:  # only then: agents without volumes see the reply they always did
+            body["delete_volumes"] = self.delete_volumes
+        return body
 
 
-def work_pending(*, node: Node, running: list[int]) -> WorkOffer:
+def work_pending(*, node: Node, running: list[int], volumes: list[int] | None = None) -> WorkOffer:
     """Jobs the node must start and jobs it must stop, right now (two or three queries).
 
     Jobs are offered while ``assigned`` and not yet acknowledged; a stop while one is requested
     and the job has not ended; and a job the agent says it runs but the server considers ended
-    (lost while the node was away) is to be stopped at once.
+    (lost while the node was away) is to be stopped at once. A job that mounts volumes carries
+    them (id, name, size); of the volumes the agent says it holds (``volumes``), those deleted or
+    not this node's are to be removed.
     """
     offer = WorkOffer()
     new_jobs = list(
@@ -96,6 +105,7 @@ def work_pending(*, node: Node, running: list[int]) -> WorkOffer:
     )
     if new_jobs:
         vendors = dict(Device.objects.filter(node=node).values_list("index", "accelerator__vendor"))
+        mounts = _order_volumes({job.order_id for job in new_jobs if job.order_id is not None})
         for job in new_jobs:
             vendor = next((vendors[i] for i in job.device_indexes if i in vendors), Vendor.GENERIC)
             offer.jobs.append(
@@ -104,7 +114,8 @@ def work_pending(*, node: Node, running: list[int]) -> WorkOffer:
                     "runtime": job.runtime,
                     "image": job.image,
                     "command": job.command,
-                    "env": job.env,
+                    # The server's gang variables win over same-named ones in the buyer's env.
+                    "env": {**(job.env or {}), **gang_env(job=job)},
                     "ports": job.ports,
                     "device_indexes": job.device_indexes,
                     "vendor": _AGENT_VENDOR.get(vendor, vendor),
@@ -112,6 +123,8 @@ def work_pending(*, node: Node, running: list[int]) -> WorkOffer:
                     "cpus": job.cpus,
                 }
             )
+            if job.order_id in mounts:
+                offer.jobs[-1]["volumes"] = mounts[job.order_id]
     stopping = Job.objects.filter(node=node, status__in=JOB_LIVE, stop_requested_at__isnull=False)
     for job_id, deadline, reason in stopping.order_by("pk").values_list("pk", "stop_deadline", "stop_reason"):
         offer.stop.append({"job_id": job_id, "deadline": deadline, "reason": reason})
@@ -122,17 +135,36 @@ def work_pending(*, node: Node, running: list[int]) -> WorkOffer:
             offer.stop.append({"job_id": job_id, "deadline": now, "reason": job_status})
     for command in offer.stop:
         command["deadline"] = command["deadline"].isoformat().replace("+00:00", "Z")
+    if volumes:
+        held = Volume.objects.filter(node=node, pk__in=volumes, status=VolumeStatus.READY)
+        live = set(held.values_list("pk", flat=True))
+        offer.delete_volumes = sorted(set(volumes) - live)
     return offer
 
 
-def work_poll(*, node: Node, running: list[int], wait_s: float) -> WorkOffer:
+def _order_volumes(order_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+    if not order_ids:
+        return {}
+    rows = Order.objects.filter(pk__in=order_ids).exclude(volumes=[]).values_list("pk", "volumes")
+    return {pk: list(volumes) for pk, volumes in rows}
+
+
+def work_poll(
+    *, node: Node, running: list[int] | None, wait_s: float, volumes: list[int] | None = None
+) -> WorkOffer:
     """Long-poll for work: return at once when something new is pending, else wait up to
     ``wait_s`` (at most 30 s) for a nudge and return whatever is pending then (possibly nothing).
 
     Offers repeat until acknowledged (at-least-once delivery), but only a new one, or one not
     sent for ``REDELIVER_AFTER_S``, ends a poll early. While waiting, the request holds no
-    database connection.
+    database connection. ``running`` is what the agent says it runs (None: it did not say):
+    stopping jobs missing from it have stopped and are ended first (``jobs_reconcile_reported``).
     """
+    from marketplace.services.jobs import jobs_reconcile_reported
+
+    if running is not None:
+        jobs_reconcile_reported(node=node, running=running)
+    running = running or []
     wait_s = max(0.0, min(float(wait_s), MAX_WAIT_S))
     deadline = time.monotonic() + wait_s
     client = redis_client()
@@ -141,7 +173,7 @@ def work_poll(*, node: Node, running: list[int], wait_s: float) -> WorkOffer:
     # Nudges from before this poll are stale: the query below sees what they announced.
     client.delete(nudge_key)
     while True:
-        offer = work_pending(node=node, running=running)
+        offer = work_pending(node=node, running=running, volumes=volumes)
         keys = offer.keys()
         remaining = deadline - time.monotonic()
         fresh = _fresh(client, delivered_key, keys)
@@ -153,7 +185,7 @@ def work_poll(*, node: Node, running: list[int], wait_s: float) -> WorkOffer:
         # A fractional BLPOP timeout needs Redis >= 6 (0 would mean "forever").
         popped = _blocking_client().blpop([nudge_key], timeout=max(0.05, round(remaining, 3)))
         if popped is None and deadline - time.monotonic() <= 0.05:
-            offer = work_pending(node=node, running=running)
+            offer = work_pending(node=node, running=running, volumes=volumes)
             _mark_delivered(client, delivered_key, offer.keys())
             return offer
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 import urllib.error
 import urllib.request
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from providers.agent import __version__
@@ -21,8 +23,19 @@ class AgentError(Exception):
     """Base of everything the client raises."""
 
 
+# A server asking for more than this is misconfigured; an agent silent that long goes offline.
+MAX_RETRY_AFTER_S = 300.0
+
+
 class Unreachable(AgentError):
-    """Connection refused, DNS failure, timeout, or a 5xx: retry with backoff."""
+    """Connection refused, DNS failure, timeout, or a 5xx: retry with backoff.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds (a 503 while Redis is down), or None.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ApiError(AgentError):
@@ -34,6 +47,7 @@ class ApiError(AgentError):
         self.code = code
         self.message = message
         self.fields = fields
+        self.retry_after: float | None = None  # set from the Retry-After header (429)
 
     @property
     def auth(self) -> bool:
@@ -42,6 +56,33 @@ class ApiError(AgentError):
     @property
     def retryable(self) -> bool:
         return self.auth or self.status in (408, 409, 423, 425, 429)
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date), capped; None if absent."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _api_error(status: int, body: bytes) -> ApiError:
@@ -78,9 +119,16 @@ class AgentClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            retry_after = retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
             if exc.code >= 500:
-                raise Unreachable(f"server error HTTP {exc.code} from {self.server}") from None
-            raise _api_error(exc.code, raw) from None
+                detail = _error_message(raw)
+                raise Unreachable(
+                    f"server error HTTP {exc.code} from {self.server}" + (f": {detail}" if detail else ""),
+                    retry_after=retry_after,
+                ) from None
+            error = _api_error(exc.code, raw)
+            error.retry_after = retry_after
+            raise error from None
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.server}: {reason}") from None
@@ -96,12 +144,23 @@ class AgentClient:
         body = {"token": token, "name": name, "agent_version": __version__, "inventory": inventory}
         return self.post("/register", body)
 
-    def heartbeat(self, *, running_jobs: list[int], devices: list[dict[str, Any]]) -> Any:
-        body = {"agent_version": __version__, "running_jobs": running_jobs, "devices": devices}
+    def heartbeat(
+        self, *, running_jobs: list[int], devices: list[dict[str, Any]], public_address: str = ""
+    ) -> Any:
+        body: dict[str, Any] = {
+            "agent_version": __version__,
+            "running_jobs": running_jobs,
+            "devices": devices,
+        }
+        if public_address:
+            body["public_address"] = public_address
         return self.post("/heartbeat", body)
 
-    def work(self, *, running: list[int], wait: int) -> dict[str, Any]:
-        reply = self.post(f"/work?wait={wait}", {"running": running}, timeout=wait + 15.0)
+    def work(self, *, running: list[int], wait: int, volumes: list[int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"running": running}
+        if volumes:  # the volumes this node holds data for: the reply names the deleted ones
+            body["volumes"] = volumes
+        reply = self.post(f"/work?wait={wait}", body, timeout=wait + 15.0)
         return reply if isinstance(reply, dict) else {}
 
     def job_event(self, job_id: int, event: dict[str, Any]) -> Any:
@@ -117,17 +176,26 @@ class AgentClient:
 
 
 class Backoff:
-    """Exponential backoff with full jitter, capped (60 s by default)."""
+    """Exponential backoff with jitter, capped (60 s by default), honouring ``Retry-After``.
+
+    The n-th failure in a row waits a random time in ``[c/2, c]`` with ``c = min(cap, base*2^(n-1))``;
+    when the server sent ``Retry-After`` the wait is at least that, plus up to 20 % jitter so a
+    fleet told the same number does not come back in one burst.
+    """
 
     def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
         self.base = base
         self.cap = cap
         self.failures = 0
 
-    def next_delay(self) -> float:
+    def next_delay(self, retry_after: float | None = None) -> float:
         self.failures += 1
         ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 16))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+        if retry_after is not None:
+            asked = min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
+            delay = max(delay, asked * random.uniform(1.0, 1.2))  # noqa: S311
+        return delay
 
     def reset(self) -> None:
         self.failures = 0

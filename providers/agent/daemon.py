@@ -24,6 +24,14 @@ from providers.agent.runtimes.base import Runtime, StartError, Status
 from providers.agent.spool import EVENTS, USAGE, Spool
 from providers.agent.state import StateDir, iso, parse_iso, utcnow
 from providers.agent.telemetry import Reading, Telemetry
+from providers.agent.volumes import (
+    Mount,
+    VolumeError,
+    job_mounts,
+    volumes_held,
+    volumes_prepare,
+    volumes_remove,
+)
 
 log = logging.getLogger("suanli_agent.daemon")
 
@@ -42,6 +50,8 @@ class AgentConfig:
     work_wait: int = 25
     tick: float = 1.0
     max_log_backlog: int = DEFAULT_MAX_BACKLOG
+    # Where buyers reach this node's jobs, sent with every heartbeat ("" sends none).
+    public_address: str = ""
 
 
 def aggregate(readings: list[Reading]) -> dict[str, Any]:
@@ -78,7 +88,10 @@ class Agent:
             from providers.agent.runtimes.docker import DockerRuntime
             from providers.agent.runtimes.process import ProcessRuntime
 
-            runtimes = {"process": ProcessRuntime(self.state), "docker": DockerRuntime(self.state)}
+            runtimes = {
+                "process": ProcessRuntime(self.state, public_address=config.public_address),
+                "docker": DockerRuntime(self.state),
+            }
         self.runtimes = runtimes
         self.stopping = threading.Event()
         self.wake_shipper = threading.Event()
@@ -175,6 +188,10 @@ class Agent:
             self._emit(rec, "starting")
         try:
             runtime = self._runtime(rec)
+            try:
+                volumes_prepare(job_mounts(self.state.root, rec.spec))
+            except (VolumeError, OSError) as exc:
+                raise StartError(f"cannot prepare volumes: {exc}") from exc
             runtime.start(rec)
         except StartError as exc:
             log.warning("job.start_failed job_id=%s error=%s", rec.id, exc)
@@ -287,8 +304,11 @@ class Agent:
             except ApiError as exc:
                 if exc.retryable:
                     raise
-                log.error("usage.rejected samples=%s error=%s", len(batch), exc)
-                self.spool.reject([i.path for i in batch])
+                refused = refused_samples(exc, len(batch))
+                log.error("usage.rejected samples=%s of=%s error=%s", len(refused), len(batch), exc)
+                # Only the samples the server named are set aside: the rest of the batch is
+                # the provider's earned time and goes again in the next batch.
+                self.spool.reject([batch[i].path for i in refused])
                 continue
             log.info(
                 "usage.sent samples=%s accepted=%s duplicates=%s",
@@ -326,7 +346,7 @@ class Agent:
                 backoff.reset()
                 delay = self.config.tick
             except (Unreachable, ApiError) as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc.retry_after)
                 log.warning("ship.retry error=%s retry_in=%.1fs", exc, delay)
             except Exception:
                 delay = backoff.next_delay()
@@ -357,7 +377,10 @@ class Agent:
                     "temperature_c": r.temperature_c,
                 }
             )
-        return {"running_jobs": self.store.running_ids(), "devices": devices}
+        payload: dict[str, Any] = {"running_jobs": self.store.running_ids(), "devices": devices}
+        if self.config.public_address:
+            payload["public_address"] = self.config.public_address
+        return payload
 
     def _heartbeat_loop(self) -> None:
         backoff = Backoff()
@@ -368,12 +391,17 @@ class Agent:
                 interval = self.config.heartbeat_interval
                 delay = random.uniform(interval * 0.8, interval * 1.2)  # noqa: S311 - jitter
             except ApiError as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc.retry_after)
                 event = "heartbeat.auth_rejected" if exc.auth else "heartbeat.rejected"
                 log.warning("%s status=%s error=%s retry_in=%.1fs", event, exc.status, exc, delay)
             except Unreachable as exc:
-                delay = backoff.next_delay()
+                # Includes a 503 while the exchange's Redis is down: one line per retry, no trace.
+                delay = backoff.next_delay(exc.retry_after)
                 log.warning("heartbeat.unreachable error=%s retry_in=%.1fs", exc, delay)
+            except Exception:
+                # The heartbeat is the node's liveness: a bug here must not end the thread.
+                delay = backoff.next_delay()
+                log.exception("heartbeat.error retry_in=%.1fs", delay)
             self.stopping.wait(delay)
 
     def handle_work(self, reply: dict[str, Any]) -> None:
@@ -381,23 +409,48 @@ class Agent:
             self.accept(spec)
         for command in reply.get("stop") or []:
             self.request_stop(command)
+        deleted = reply.get("delete_volumes") or []
+        if isinstance(deleted, list) and deleted:
+            in_use = {m.id for r in self.store.active() for m in self._mounts(r)}
+            volumes_remove(self.state.root, deleted, in_use=in_use)
+
+    def _mounts(self, rec: JobRecord) -> list[Mount]:
+        try:
+            return job_mounts(self.state.root, rec.spec)
+        except VolumeError:
+            return []
 
     def _work_loop(self) -> None:
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
-                reply = self.client.work(running=self.store.running_ids(), wait=self.config.work_wait)
+                reply = self.client.work(
+                    running=self.store.running_ids(),
+                    wait=self.config.work_wait,
+                    # The exchange takes at most 1024 ids a poll; the rest wait until these are gone.
+                    volumes=volumes_held(self.state.root)[:1024],
+                )
                 backoff.reset()
                 self.handle_work(reply)
                 continue
             except ApiError as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc.retry_after)
                 event = "work.auth_rejected" if exc.auth else "work.rejected"
                 log.warning("%s status=%s error=%s retry_in=%.1fs", event, exc.status, exc, delay)
             except Unreachable as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc.retry_after)
                 log.warning("work.unreachable error=%s retry_in=%.1fs", exc, delay)
             except Exception:
                 delay = backoff.next_delay()
                 log.exception("work.error")
             self.stopping.wait(delay)
+
+
+def refused_samples(exc: ApiError, count: int) -> list[int]:
+    """Positions of the samples a 400 names (``samples.3.window_end``); every one if it names none."""
+    named: set[int] = set()
+    for field in exc.fields or {}:
+        parts = str(field).split(".")
+        if len(parts) >= 2 and parts[0] == "samples" and parts[1].isdigit() and int(parts[1]) < count:
+            named.add(int(parts[1]))
+    return sorted(named) if named else list(range(count))

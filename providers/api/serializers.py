@@ -3,12 +3,20 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from core.errors import ValidationFailed
 from providers.api.fields import StrictCharField, StrictIntegerField, StrictNumberField, StringMapField
 from providers.models import AcceleratorModel, Device, Node
-from providers.services import AGENT_VENDORS, MAX_DEVICES_PER_NODE, DeviceReading, HeartbeatIn
+from providers.services import (
+    AGENT_VENDORS,
+    MAX_DEVICES_PER_NODE,
+    PUBLIC_ADDRESS_MAX,
+    DeviceReading,
+    HeartbeatIn,
+    public_address_problem,
+)
 
 
 class AcceleratorSerializer(serializers.ModelSerializer):
@@ -29,6 +37,13 @@ class HostInSerializer(serializers.Serializer):
     memory_mib = StrictIntegerField(min_value=0, max_value=2**53)
     disk_gib = StrictIntegerField(min_value=0, max_value=2**31 - 1)
     nics = serializers.ListField(child=serializers.DictField(), required=False, max_length=64)
+    # Where buyers reach the node's jobs; the agent's --public-address or its outbound address.
+    public_address = StrictCharField(max_length=PUBLIC_ADDRESS_MAX, required=False, allow_blank=True)
+
+    def validate_public_address(self, value: str) -> str:
+        if value and (problem := public_address_problem(value)) is not None:
+            raise serializers.ValidationError(problem)
+        return value
 
 
 class DeviceInSerializer(serializers.Serializer):
@@ -77,6 +92,7 @@ class HeartbeatInSerializer(serializers.Serializer):
     devices = serializers.ListField(
         child=DeviceReadingInSerializer(), max_length=MAX_DEVICES_PER_NODE, default=list
     )
+    public_address = StrictCharField(max_length=PUBLIC_ADDRESS_MAX, required=False, allow_blank=True)
 
 
 # --- Provider API ------------------------------------------------------------------------------
@@ -106,7 +122,7 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = [
             "id", "provider", "name", "region", "cluster", "status", "agent_version", "cpu_model",
             "cpu_cores", "memory_mib", "disk_gib", "network", "software", "pue", "verification", "verified_at",
-            "reliability", "last_heartbeat_at", "created_at", "devices",
+            "reliability", "last_heartbeat_at", "created_at", "devices", "public_address",
         ]  # fmt: skip
 
 
@@ -121,6 +137,21 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _bad_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored, or None: the rules of DRF's ``CharField``.
+
+    A NUL byte cannot go into PostgreSQL text and a lone surrogate cannot be encoded as UTF-8 for
+    Redis; either one stored would make every later heartbeat flush fail.
+    """
+    if "\x00" in value:
+        return _("Null characters are not allowed.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _("Surrogate characters are not allowed.")
+    return None
+
+
 def parse_heartbeat(data: object) -> HeartbeatIn:
     """Validate a heartbeat body; raises ``ValidationFailed`` with dotted field paths."""
     errors: dict[str, str] = {}
@@ -131,6 +162,8 @@ def parse_heartbeat(data: object) -> HeartbeatIn:
     agent_version = data.get("agent_version", "")
     if not isinstance(agent_version, str) or len(agent_version) > 32:
         errors["agent_version"] = "A string of at most 32 characters."
+    elif (problem := _bad_text(agent_version)) is not None:
+        errors["agent_version"] = problem
     running = data.get("running_jobs", [])
     if (
         not isinstance(running, list)
@@ -155,7 +188,10 @@ def parse_heartbeat(data: object) -> HeartbeatIn:
             errors[f"{prefix}.index"] = "An integer from 0 to 32767."
         if not isinstance(uuid, str) or len(uuid) > 128:
             errors[f"{prefix}.uuid"] = "A string of at most 128 characters."
-        if health not in _HEALTH:
+        elif (problem := _bad_text(uuid)) is not None:
+            errors[f"{prefix}.uuid"] = problem
+        # A list or object here is unhashable: check the type before the set lookup.
+        if not isinstance(health, str) or health not in _HEALTH:
             errors[f"{prefix}.health"] = "One of ok, degraded, failed."
         numbers: dict[str, float | None] = {}
         for name, (low, high) in _NUMBER_BOUNDS.items():
@@ -181,7 +217,15 @@ def parse_heartbeat(data: object) -> HeartbeatIn:
                     temperature_c=numbers["temperature_c"],
                 )
             )
+    public_address = data.get("public_address", "")
+    if public_address != "" and (problem := public_address_problem(public_address)) is not None:
+        errors["public_address"] = problem
     if errors:
         first = next(iter(errors.items()))
         raise ValidationFailed(f"{first[0]}: {first[1]}", fields=errors)
-    return HeartbeatIn(agent_version=agent_version, running_jobs=list(running), devices=devices)
+    return HeartbeatIn(
+        agent_version=agent_version,
+        running_jobs=list(running),
+        devices=devices,
+        public_address=public_address,
+    )

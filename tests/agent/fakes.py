@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,7 @@ class Recorded:
     path: str
     body: Any
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -72,6 +74,10 @@ class FakeExchange:
     on_request: Callable[[str], None] | None = None
     # Like the real exchange: a chunk starting past the end is a 409 log_offset_gap.
     strict_log_offsets: bool = False
+    # Sent as Retry-After with every scripted 429 or 503 (like the exchange while Redis is down).
+    retry_after: str | None = None
+    # (job_id, seq) of usage samples answered, like the exchange, with a 400 naming each one.
+    refused_samples: set[tuple[int, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -87,6 +93,8 @@ class FakeExchange:
                 status, reply = exchange.handle(self.path, body, dict(self.headers))
                 data = json.dumps(reply).encode()
                 self.send_response(status)
+                if status in (429, 503) and exchange.retry_after is not None:
+                    self.send_header("Retry-After", exchange.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -129,6 +137,13 @@ class FakeExchange:
                 reply = self.work_replies.pop(0) if self.work_replies else {"jobs": [], "stop": []}
                 return 200, reply
             if key == "/usage":
+                bad = {
+                    f"samples.{i}.seq": ["Outside the job's running interval."]
+                    for i, s in enumerate(body["samples"])
+                    if (s["job_id"], s["seq"]) in self.refused_samples
+                }
+                if bad:
+                    return 400, {"error": {"code": "invalid", "message": "refused", "fields": bad}}
                 accepted = duplicates = 0
                 for s in body["samples"]:
                     k = (s["job_id"], s["seq"])

@@ -192,6 +192,23 @@ def test_usage_spooled_before_send_kept_on_failure_removed_after_ack(
     wait_for(lambda: rec.finished, step=agent.supervise_once)
 
 
+def test_a_refused_sample_is_set_aside_and_the_rest_of_its_batch_is_sent(
+    tmp_path: Path, exchange: FakeExchange
+) -> None:
+    agent = make_agent(tmp_path, exchange)
+    base = {"job_id": 14, "window_start": iso(utcnow()), "window_end": iso(utcnow()), "device_count": 1}
+    for seq in (1, 2, 3):
+        agent.spool.put_usage({**base, "seq": seq})
+    exchange.refused_samples = {(14, 2)}
+
+    agent.ship_once()
+
+    assert sorted(exchange.samples) == [(14, 1), (14, 3)]
+    assert agent.spool.count(USAGE) == 0
+    rejected = list((tmp_path / "state" / "spool" / "rejected").iterdir())
+    assert len(rejected) == 1
+
+
 def test_events_resent_until_acknowledged(tmp_path: Path, exchange: FakeExchange) -> None:
     agent = make_agent(tmp_path, exchange)
     exchange.fail_next["/jobs/11/events"] = [502]

@@ -94,6 +94,8 @@ def build_world() -> World:
     matching_run()
     job = Job.objects.get(order=order)
     start = now - timedelta(minutes=10)
+    # Ten minutes of history: event times are never earlier than the assignment.
+    Job.objects.filter(pk=job.pk).update(assigned_at=start)
     agent_reports(job, "accepted", at=start)
     agent_reports(job, "running", at=start)
     job_log_append(node=node, job_id=job.pk, offset=0, data="hello\n")

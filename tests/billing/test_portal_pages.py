@@ -152,7 +152,17 @@ def test_a_top_up_stripe_cannot_take_says_why_in_chinese(fake_stripe):
     body = client.post(
         "/wallet/top-up/", {"amount": "25.00", "idempotency_key": "tu"}, follow=True
     ).content.decode()
-    assert "Stripe 暂时无法访问：" in body and "Stripe is unavailable" not in body
+    # The top-up's own words in the page's language (never the stripe library's text).
+    from django.utils import translation
+    from django.utils.html import escape
+
+    with translation.override("zh-hans"):
+        expected = translation.gettext(
+            "The top-up could not be started: the card payment service (Stripe) is not reachable from "
+            "this exchange right now. Nothing was charged; try again in a few minutes."
+        )
+    assert escape(expected) in body
+    assert "Stripe is unavailable" not in body and "Service unavailable" not in body
 
 
 def test_why_a_payout_failed_reads_in_chinese(fake_stripe):

@@ -19,7 +19,7 @@ PUBLIC = {
     "password_reset_confirm",
     "password_reset_complete",
 }
-PRIVATE = {"apikey_list": {}, "apikey_revoke": {"api_key_id": 1}}
+PRIVATE = {"apikey_list": {}, "apikey_revoke": {"api_key_id": 1}, "ssh_key": {}}
 
 
 def test_every_core_route_is_classified():

@@ -29,6 +29,11 @@ PRIVATE = {
     "marketplace:node_detail": {"node_id": 1},
     "marketplace:pricing": {},
     "marketplace:pricing_update": {"node_id": 1},
+    "marketplace:volumes": {},
+    "marketplace:volume_delete": {"volume_id": 1},
+    "marketplace:spend_settings": {},
+    "marketplace:webhook_add": {},
+    "marketplace:webhook_delete": {"webhook_id": 1},
     "billing:statement-csv": {"pk": 1},
     "billing:statement-html": {"pk": 1},
     "billing:wallet": {},
@@ -37,6 +42,7 @@ PRIVATE = {
     "billing:payout_onboard": {},
     "providers:start": {},
     "providers:join": {},
+    "providers:node_settings": {"node_id": 1},
 }
 
 

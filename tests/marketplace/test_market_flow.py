@@ -71,7 +71,7 @@ def test_on_demand_order_runs_and_is_billed_from_running_to_exit():
     assert AllocationSlot.objects.filter(allocation=allocation, live=True).count() == 2
 
     # Billing starts when the agent reports running and ends when the job exits: 30 minutes
-    start = timezone.now().replace(microsecond=0)
+    start = timezone.now()  # event times are clamped to no earlier than the assignment
     agent_reports(job, "accepted", at=start)
     agent_reports(job, "running", at=start)
     job.refresh_from_db()
@@ -174,8 +174,9 @@ def test_why_not_matched_names_the_price_floor():
 
 
 def test_why_not_matched_while_an_open_ended_job_holds_the_node():
-    # A running on-demand job holds its devices until released (no end time): the reason is
-    # "busy" with no time it frees at, and neither the service nor the pages fail on it.
+    # A running on-demand job holds its devices until released or until the offer's maximum
+    # rental (30 days by default) ends it: the reason is "busy", freeing at that end, and neither
+    # the service nor the pages fail on it.
     online_node(name="n", devices=8)
     buyer = funded_buyer(100)
     order_place(buyer=buyer, request=on_demand(8), idempotency_key="a")
@@ -184,7 +185,9 @@ def test_why_not_matched_while_an_open_ended_job_holds_the_node():
     second.refresh_from_db()
     assert second.status == OrderStatus.OPEN
     (reason,) = order_explain(order=second)
-    assert reason.code == ReasonCode.CAPACITY_BUSY and reason.frees_at is None
+    (allocation,) = Allocation.objects.exclude(order=second)
+    assert allocation.ends_at == (allocation.starts_at + timedelta(hours=24 * 30)).replace(microsecond=0)
+    assert reason.code == ReasonCode.CAPACITY_BUSY and reason.frees_at == allocation.ends_at
     client = Client()
     client.force_login(buyer)
     assert client.get(reverse("marketplace:order_detail", args=[second.pk])).status_code == 200

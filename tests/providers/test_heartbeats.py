@@ -224,6 +224,12 @@ def test_device_health_of_unknown_indexes_is_ignored():
         {"running_jobs": [True]},
         {"running_jobs": "1"},
         {"devices": [{"index": 0, "health": "ok"}] * 65},
+        {"agent_version": "0.2\x00"},
+        {"agent_version": "\ud800"},
+        {"devices": [{"index": 0, "uuid": "GPU-\x00", "health": "ok"}]},
+        {"devices": [{"index": 0, "uuid": "\udc80", "health": "ok"}]},
+        {"devices": [{"index": 0, "health": []}]},
+        {"devices": [{"index": 0, "health": {}}]},
     ],
 )  # fmt: skip
 def test_the_fast_heartbeat_parser_agrees_with_the_documented_serializer(body):

@@ -3,6 +3,13 @@
 Migrates, loads the catalog and demo data, then supervises gunicorn, a Celery worker, Celery beat
 and the simulated provider agents. Ctrl-C (SIGINT) or SIGTERM stops every child, then the embedded
 PostgreSQL and Redis when this run is using them. Data persists under ``var/`` between runs.
+
+Only Ctrl-C or SIGTERM stops the exchange. A child that dies (a worker killed by the OOM killer or
+``kill -9``) is restarted after a short, growing delay, each death and restart logged on stderr.
+A child that keeps dying within seconds of starting (``MAX_FAST_DEATHS`` times in a row: a bad
+setting, a port in use) is given up on, with a log line saying so; the other children keep
+running, so the portal, logs and ``/healthz`` stay available to show what is wrong. The one
+exception is start-up: a web server that never came up ends the command with an error.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,162 @@ from django.db import OperationalError
 
 from config import embedded
 from config.env import database_url_for
+
+# A death this soon after a start counts as "fast"; this many fast deaths in a row and the child
+# is given up on. The delay before a restart doubles with each fast death, from BASE up to CAP.
+FAST_DEATH_S = 10.0
+MAX_FAST_DEATHS = 5
+RESTART_BASE_S = 1.0
+RESTART_CAP_S = 30.0
+# Stop order: agents first (they talk to web), then web and beat, the worker last so it can finish
+# the task in hand (acks_late requeues anything it cannot).
+STOP_ORDER = {"worker": 2, "web": 1, "beat": 1}
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    started_at: float
+    starts: int = 1
+    fast_deaths: int = 0
+    restart_at: float | None = None
+    gave_up: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+class Supervisor:
+    """Start children in their own process groups, restart the ones that die, stop them in order.
+
+    ``poll()`` is called from the command's main loop; it never blocks. Restarting is decided per
+    child: after a death the child waits ``base * 2^(fast deaths - 1)`` seconds (capped) before it
+    starts again; after ``max_fast_deaths`` deaths in a row each within ``fast_death_s`` of its
+    start, it is left stopped and the rest carry on. A child that ran longer resets its count.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: Callable[[str], None],
+        fast_death_s: float = FAST_DEATH_S,
+        max_fast_deaths: int = MAX_FAST_DEATHS,
+        restart_base_s: float = RESTART_BASE_S,
+        restart_cap_s: float = RESTART_CAP_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.fast_death_s = fast_death_s
+        self.max_fast_deaths = max_fast_deaths
+        self.restart_base_s = restart_base_s
+        self.restart_cap_s = restart_cap_s
+        self.clock = clock
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:
+        child = Child(name, list(argv), env, log_path, self._start(argv, env, log_path), self.clock())
+        self.children.append(child)
+        return child
+
+    def adopt(
+        self, name: str, process: subprocess.Popen[bytes], env: dict[str, str], log_path: Path
+    ) -> Child:
+        """Supervise a process started elsewhere (its own session, argv a list), e.g. demo agents."""
+        args = process.args
+        argv = [str(arg) for arg in args] if isinstance(args, list | tuple) else [str(args)]
+        child = Child(name, argv, env, log_path, process, self.clock())
+        self.children.append(child)
+        return child
+
+    def child(self, name: str) -> Child | None:
+        return next((child for child in self.children if child.name == name), None)
+
+    @staticmethod
+    def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log_file:
+            # Own process group: a terminal Ctrl-C reaches only this supervisor, which then stops
+            # the children in order instead of every process racing to exit. The child keeps its
+            # own copy of the log file descriptor.
+            return subprocess.Popen(
+                argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def poll(self) -> None:
+        """Notice deaths, schedule restarts, start the children whose delay has passed."""
+        if self.stopping:
+            return
+        for child in self.children:
+            if child.gave_up:
+                continue
+            now = self.clock()
+            if child.restart_at is None:
+                code = child.process.poll()
+                if code is not None:
+                    self._died(child, code, now)
+            elif now >= child.restart_at:
+                child.process = self._start(child.argv, child.env, child.log_path)
+                child.started_at = now
+                child.starts += 1
+                child.restart_at = None
+                self.log(f"{child.name} restarted (pid {child.process.pid})")
+
+    def _died(self, child: Child, code: int, now: float) -> None:
+        child.exit_codes.append(code)
+        # The dead leader's own children (gunicorn workers holding the port, Celery pool
+        # processes holding tasks) would otherwise linger and fight the restarted one.
+        self._kill_group(child.process.pid, signal.SIGKILL)
+        ran = now - child.started_at
+        child.fast_deaths = child.fast_deaths + 1 if ran < self.fast_death_s else 0
+        where = f"see {child.log_path}"
+        if child.fast_deaths >= self.max_fast_deaths:
+            child.gave_up = True
+            self.log(
+                f"{child.name} exited with {_describe_exit(code)}; it died {child.fast_deaths} times in a "
+                f"row within {self.fast_death_s:g} s of starting, so it is not restarted again. The "
+                f"rest of the exchange keeps running; fix the cause ({where}) and restart make run."
+            )
+            return
+        delay = min(self.restart_cap_s, self.restart_base_s * 2 ** max(child.fast_deaths - 1, 0))
+        child.restart_at = now + delay
+        self.log(
+            f"{child.name} exited with {_describe_exit(code)} after {ran:.1f} s; "
+            f"restarting in {delay:g} s ({where})"
+        )
+
+    @staticmethod
+    def _kill_group(pgid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every child's group in ``STOP_ORDER``, SIGKILL what is left after ``timeout``."""
+        self.stopping = True
+        order = sorted(self.children, key=lambda child: STOP_ORDER.get(child.name, 0))
+        for child in order:
+            if child.process.poll() is None:
+                self._kill_group(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in order:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill_group(child.process.pid, signal.SIGKILL)
+                child.process.wait()
 
 
 class Command(BaseCommand):
@@ -37,7 +202,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.supervisor = Supervisor(log=self.stderr.write)
         self.stopping = False
         embedded_db = not os.environ.get("DATABASE_URL")
         embedded_redis = not os.environ.get("REDIS_URL")
@@ -84,7 +249,8 @@ class Command(BaseCommand):
                 from marketplace.management.commands.seeddemo import demo_market, start_demo_agents
 
                 agents = start_demo_agents(server_url=site_url, env=env, var_dir=Path(settings.VAR_DIR))
-                self.children += agents
+                for name, process in agents:
+                    self.supervisor.adopt(name, process, env, log_dir / f"{name}.log")
                 self.stdout.write(
                     f"started {len(agents)} simulated provider agents; waiting for them to come online"
                 )
@@ -102,15 +268,11 @@ class Command(BaseCommand):
 
                     self._demo(demo_order)  # the demo buyer always has a job to watch
                     next_demo_check = time.monotonic() + 30
-                for name, process in self.children:
-                    code = process.poll()
-                    if code is not None and name in {"web", "worker", "beat"}:
-                        self.stderr.write(f"{name} exited with {code}; stopping (see {log_dir}/{name}.log)")
-                        self.stopping = True
-                        break
+                # A dead child is restarted, never a reason to stop: only Ctrl-C/SIGTERM stop.
+                self.supervisor.poll()
                 time.sleep(0.5)
         finally:
-            self._stop_children()
+            self.supervisor.stop()
             if not options["no_agents"]:
                 from marketplace.management.commands.seeddemo import stop_demo_jobs
 
@@ -135,13 +297,7 @@ class Command(BaseCommand):
             self.stderr.write(f"demo set-up step {step.__name__} failed: {exc}")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = (Path(settings.VAR_DIR) / "log" / f"{name}.log").open("ab")
-        # Own process group: a terminal Ctrl-C reaches only this supervisor, which then stops
-        # the children in order instead of every process racing to exit.
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.children.append((name, process))
+        self.supervisor.spawn(name, argv, env, Path(settings.VAR_DIR) / "log" / f"{name}.log")
 
     def _request_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -155,19 +311,10 @@ class Command(BaseCommand):
                         return
             except Exception:  # noqa: BLE001, S110 - not up yet
                 pass
+            self.supervisor.poll()  # a web that dies while starting is restarted, not waited on
+            web = self.supervisor.child("web")
+            if web is not None and web.gave_up:
+                # Never up at all (a port in use, a bad setting): a start-up failure, not an
+                # outage to ride out; the finally block stops what did start.
+                raise CommandError(f"web could not start; see {web.log_path}")
             time.sleep(0.5)
-
-    def _stop_children(self) -> None:
-        # Agents first (they talk to web), then web and beat, the worker last so it can finish
-        # the task in hand (acks_late requeues anything it cannot).
-        order = sorted(self.children, key=lambda item: {"worker": 2, "web": 1, "beat": 1}.get(item[0], 0))
-        for _name, process in order:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _name, process in order:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()

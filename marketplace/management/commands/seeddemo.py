@@ -90,17 +90,17 @@ class Command(BaseCommand):
 
 
 def _credit_demo_buyer(buyer: Any) -> None:
-    """The demo buyer's wallet gets one completed top-up (the posting a paid Checkout makes)."""
-    from billing.models import AccountKind, TransactionKind
-    from billing.services import Posting, account_get, accounts_lock, buyer_accounts, posting_write
+    """The demo buyer's wallet gets one development credit (the posting a paid Checkout makes);
+    ``manage.py fundwallet`` adds more, to this or any account (README, Quick start)."""
+    from billing.services.wallets import wallet_fund_development
 
-    wallet = buyer_accounts(user_id=buyer.pk).wallet
-    clearing = account_get(kind=AccountKind.STRIPE_CLEARING, currency=wallet.currency)
-    accounts_lock([wallet.pk, clearing.pk])
-    posting = Posting(TransactionKind.TOP_UP, "demo:top-up:buyer", wallet.currency, memo="demo credit")
-    posting.add(clearing.pk, -DEMO_BUYER_CREDIT_MICROS)
-    posting.add(wallet.pk, DEMO_BUYER_CREDIT_MICROS)
-    posting_write(posting)  # idempotent on its key: a second run posts nothing
+    # Idempotent on its key: a second run posts nothing.
+    wallet_fund_development(
+        user_id=buyer.pk,
+        amount_micros=DEMO_BUYER_CREDIT_MICROS,
+        idempotency_key="demo:top-up:buyer",
+        memo="demo credit",
+    )
 
 
 DEMO_HISTORY_KEY = "demo:lease:history"

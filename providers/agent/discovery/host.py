@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import socket
 import uuid as uuidlib
 
 import psutil
@@ -63,3 +64,34 @@ def cpu_device(host: Host) -> Device:
         bus_id=None,
         memory_mib=host.memory_mib,
     )
+
+
+def primary_address(server_url: str = "") -> str:
+    """The address this host's traffic to the exchange leaves from ("" when none is found).
+
+    A UDP socket "connected" to the exchange sends nothing but makes the kernel choose the source
+    address of its route: the primary outbound address, which is the public one on a node with a
+    public IP. Behind NAT it is private: then the provider passes ``--public-address``.
+    """
+    from urllib.parse import urlsplit
+
+    host = urlsplit(server_url).hostname if server_url else None
+    port = urlsplit(server_url).port if server_url else None
+    targets = [(host, port or 443)] if host else []
+    # A documentation address (RFC 5737): only the route matters, no packet is sent.
+    targets.append(("192.0.2.1", 9))
+    for target_host, target_port in targets:
+        try:
+            infos = socket.getaddrinfo(target_host, target_port, proto=socket.IPPROTO_UDP)
+        except (OSError, UnicodeError):
+            continue
+        for family, _type, _proto, _name, sockaddr in infos:
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.connect(sockaddr)
+                    address = str(sock.getsockname()[0]).split("%", 1)[0]
+            except OSError:
+                continue
+            if address and address not in ("0.0.0.0", "::"):  # noqa: S104 - unbound, not a bind
+                return address
+    return ""

@@ -17,8 +17,14 @@ QUERY = [
     "--query-gpu=index,uuid,name,pci.bus_id,memory.total,driver_version",
     "--format=csv,noheader,nounits",
 ]
-_CUDA_RE = re.compile(r"CUDA Version\s*:?\s*([0-9][0-9.]*)")
-_DRIVER_RE = re.compile(r"Driver Version\s*:?\s*([0-9][0-9.]*)", re.IGNORECASE)
+# Driver 610 renamed "CUDA Version" to "CUDA UMD Version" and "Driver Version" to "KMD Version"
+# (NVIDIA's nvidia-smi release notes); `--version` spells them "CUDA UMD version" / "KMD version"
+# and keeps the old lines marked deprecated, the table header has only the new names. The new
+# name wins when both are present; case varies between the two outputs.
+_CUDA_UMD_RE = re.compile(r"CUDA\s+UMD\s+Version\s*:?\s*([0-9][0-9.]*)", re.IGNORECASE)
+_CUDA_RE = re.compile(r"CUDA\s+Version\s*:?\s*([0-9][0-9.]*)", re.IGNORECASE)
+_KMD_RE = re.compile(r"KMD\s+Version\s*:?\s*([0-9][0-9.]*)", re.IGNORECASE)
+_DRIVER_RE = re.compile(r"Driver\s+Version\s*:?\s*([0-9][0-9.]*)", re.IGNORECASE)
 
 
 def nvml_enabled() -> bool:
@@ -94,8 +100,15 @@ def parse_query_csv(text: str) -> list[Device]:
 
 
 def parse_cuda_version(text: str) -> str | None:
-    m = _CUDA_RE.search(text)
-    return m.group(1) if m else None
+    """The CUDA version from `nvidia-smi --version` or the `nvidia-smi` header, either spelling."""
+    m = _CUDA_UMD_RE.search(text) or _CUDA_RE.search(text)
+    return m.group(1).rstrip(".") if m else None
+
+
+def parse_driver_version(text: str) -> str | None:
+    """The driver (KMD) version from the same outputs, either spelling."""
+    m = _KMD_RE.search(text) or _DRIVER_RE.search(text)
+    return m.group(1).rstrip(".") if m else None
 
 
 def discover_smi() -> VendorResult | None:
@@ -115,13 +128,15 @@ def discover_smi() -> VendorResult | None:
     # it in the header of plain `nvidia-smi`.
     version = run_tool(["nvidia-smi", "--version"])
     cuda = parse_cuda_version(version) if version else None
+    if version and "driver" not in result.software and (driver := parse_driver_version(version)):
+        result.software["driver"] = driver
     if cuda is None:
         header = run_tool(["nvidia-smi"])
         if header:
             cuda = parse_cuda_version(header)
-            m = _DRIVER_RE.search(header)
-            if m and "driver" not in result.software:
-                result.software["driver"] = m.group(1)
+            driver = parse_driver_version(header)
+            if driver and "driver" not in result.software:
+                result.software["driver"] = driver
     if cuda:
         result.software["cuda"] = cuda
     return result

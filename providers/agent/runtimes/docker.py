@@ -12,7 +12,9 @@ from typing import Any
 
 from providers.agent.jobs import JobRecord
 from providers.agent.runtimes.base import StartError, Status, device_env
+from providers.agent.runtimes.ssh import docker_ssh_apply
 from providers.agent.state import StateDir
+from providers.agent.volumes import Mount, VolumeError, docker_binds, job_mounts
 
 log = logging.getLogger("suanli_agent.runtime.docker")
 
@@ -49,7 +51,7 @@ def device_options(vendor: str | None, indexes: list[int]) -> dict[str, Any]:
     return {}
 
 
-def run_kwargs(rec: JobRecord) -> dict[str, Any]:
+def run_kwargs(rec: JobRecord, mounts: list[Mount] | None = None) -> dict[str, Any]:
     spec = rec.spec
     image = spec.get("image")
     if not image:
@@ -69,7 +71,8 @@ def run_kwargs(rec: JobRecord) -> dict[str, Any]:
         "privileged": False,
         "security_opt": ["no-new-privileges"],
         "cap_drop": ["ALL"],
-        "volumes": {},
+        # Only the job's persistent volumes, each at /volumes/<name>: never a path the buyer chose.
+        "volumes": docker_binds(mounts or []),
     }
     if spec.get("memory_mib"):
         kwargs["mem_limit"] = f"{int(spec['memory_mib'])}m"
@@ -127,7 +130,13 @@ class DockerRuntime:
             container = existing
         else:
             try:
-                container = self.client.containers.run(**run_kwargs(rec))
+                mounts = job_mounts(self.state.root, rec.spec)
+            except VolumeError as exc:
+                raise StartError(f"cannot mount volumes: {exc}") from exc
+            try:
+                kwargs = run_kwargs(rec, mounts)
+                docker_ssh_apply(kwargs, state=self.state, rec=rec)
+                container = self.client.containers.run(**kwargs)
             except StartError:
                 raise
             except Exception as exc:

@@ -19,7 +19,9 @@ import psutil
 
 from providers.agent.jobs import JobRecord
 from providers.agent.runtimes.base import StartError, Status, device_env
+from providers.agent.runtimes.ssh import SSH_PORT_KEY, process_ssh_prepare
 from providers.agent.state import StateDir
+from providers.agent.volumes import VolumeError, job_mounts, process_links
 
 log = logging.getLogger("suanli_agent.runtime.process")
 
@@ -42,8 +44,10 @@ def _job_environment(rec: JobRecord) -> dict[str, str]:
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, *, public_address: str = "") -> None:
         self.state = state
+        # Shown in an SSH-mode job's connection line.
+        self.public_address = public_address
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def exit_file(self, rec: JobRecord) -> Path:
@@ -55,6 +59,15 @@ class ProcessRuntime:
             raise StartError("command must be a non-empty list of strings")
         workdir = self.state.root / "work" / f"job-{rec.id}"
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            # The daemon created the volumes (volumes_prepare); here they become reachable.
+            volume_env = process_links(workdir, job_mounts(self.state.root, rec.spec))
+        except (VolumeError, OSError) as exc:
+            raise StartError(f"cannot mount volumes: {exc}") from exc
+        try:
+            ssh_env = process_ssh_prepare(self.state, rec, public_address=self.public_address)
+        except OSError as exc:
+            raise StartError(f"cannot set up ssh: {exc}") from exc
         exit_file = self.exit_file(rec)
         with contextlib.suppress(FileNotFoundError):
             exit_file.unlink()
@@ -66,7 +79,7 @@ class ProcessRuntime:
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
-                env=_job_environment(rec),
+                env={**_job_environment(rec), **volume_env, **ssh_env},
                 start_new_session=True,  # own process group: signals reach the whole job
             )
         except OSError as exc:
@@ -81,6 +94,8 @@ class ProcessRuntime:
             rec.create_time = None
         # A host process binds host ports directly: container port == host port.
         rec.ports = {f"{int(p)}/tcp": int(p) for p in rec.spec.get("ports") or []}
+        if ssh_env:
+            rec.ports[SSH_PORT_KEY] = int(ssh_env["SUANLI_SSH_PORT"])
         log.info("job.started job_id=%s pid=%s", rec.id, proc.pid)
 
     def _read_exit_file(self, rec: JobRecord) -> int | None:

@@ -42,12 +42,17 @@ def make_node(
     reserved: int | None = None,
     floor: int | None = None,
     listed: bool = True,
+    verified: bool = False,
+    min_rental: timedelta = timedelta(0),
+    max_rental: timedelta | None = None,
 ) -> Node:
     offer = Offer(
         on_demand_micros=on_demand,
         reserved_micros=reserved if reserved is not None else on_demand * 8 // 10,
         spot_floor_micros=floor if floor is not None else on_demand // 2,
         listed=listed,
+        min_rental=min_rental,
+        max_rental=max_rental,
     )
     return Node(
         id=node_id,
@@ -61,6 +66,7 @@ def make_node(
             for index, device_id in enumerate(device_ids(node_id, devices))
         ),
         offer=offer,
+        verified=verified,
     )
 
 

@@ -6,14 +6,18 @@ import random
 from datetime import timedelta
 
 from marketplace.matching import (
+    Order,
     Placement,
     PreemptReason,
+    Reason,
     ReasonCode,
+    RoundPolicy,
     Slot,
     Term,
     explain,
     match_round,
 )
+from marketplace.matching.engine import firm_rank
 
 from .factories import (
     A100,
@@ -45,11 +49,11 @@ def by_order(placements: tuple[Placement, ...]) -> dict[int, Placement]:
 
 
 def test_cheapest_then_best_fit_then_price_paid_is_the_ask() -> None:
-    # given three on-demand orders, oldest first: 4 devices, 4 devices, 8 devices
+    # given three on-demand orders at one limit, oldest first: 4 devices, 4 devices, 8 devices
     market = three_node_market()
     orders = [
-        make_order(1, devices=4, limit=2_800_000, age=timedelta(minutes=3)),
-        make_order(2, devices=4, limit=2_800_000, age=timedelta(minutes=2)),
+        make_order(1, devices=4, limit=3_500_000, age=timedelta(minutes=3)),
+        make_order(2, devices=4, limit=3_500_000, age=timedelta(minutes=2)),
         make_order(3, devices=8, limit=3_500_000, age=timedelta(minutes=1)),
     ]
     # when the round runs
@@ -84,20 +88,34 @@ def test_reliability_breaks_ties_between_equal_fits() -> None:
     assert placement.slots[0].node_id == 2
 
 
-def test_reserved_now_beats_on_demand_beats_spot_whatever_the_age() -> None:
+def test_firm_orders_beat_spot_whatever_the_age_and_the_bid() -> None:
     # given one node of 8 and three 8-device orders; the spot one waited for hours with a big bid
     market = make_market([make_node(1, devices=8, on_demand=2 * UNIT)])
     spot = make_order(1, term=Term.SPOT, devices=8, limit=9 * UNIT, age=timedelta(hours=10))
-    on_demand = make_order(2, devices=8, age=timedelta(hours=1))
+    on_demand = make_order(2, devices=8, limit=3 * UNIT, age=timedelta(hours=1))
     reserved = make_order(
-        3, term=Term.RESERVED, devices=8, age=timedelta(seconds=1), window_start=NOW + timedelta(minutes=2)
+        3,
+        term=Term.RESERVED,
+        devices=8,
+        limit=3_500_000,
+        age=timedelta(seconds=1),
+        window_start=NOW + timedelta(minutes=2),
     )
     result = match_round(market=market, orders=[spot, on_demand, reserved])
+    # then the higher firm limit wins (reserved and on-demand share one price-time queue)
     (placement,) = result.placements
     assert placement.order_id == 3
     assert placement.unit_price_micros == 1_600_000  # the reserved price
     assert result.unplaced[2][0].code is ReasonCode.CAPACITY_BUSY
     assert result.unplaced[1][0].code in {ReasonCode.CAPACITY_BUSY, ReasonCode.OUTBID}
+
+
+def test_reserved_and_on_demand_at_one_limit_go_oldest_first() -> None:
+    market = make_market([make_node(1, devices=8)])
+    on_demand = make_order(1, devices=8, age=timedelta(minutes=9))
+    reserved = make_order(2, term=Term.RESERVED, devices=8, age=timedelta(minutes=1), window_start=NOW)
+    (placement,) = match_round(market=market, orders=[reserved, on_demand]).placements
+    assert placement.order_id == 1
 
 
 def test_reserved_order_waits_for_its_window() -> None:
@@ -110,12 +128,111 @@ def test_reserved_order_waits_for_its_window() -> None:
     assert result.unplaced[2][0].code is ReasonCode.WINDOW_ENDED
 
 
-def test_on_demand_is_first_come_first_served() -> None:
+def test_at_one_limit_on_demand_is_first_come_first_served() -> None:
     market = make_market([make_node(1, devices=4)])
     young = make_order(1, devices=4, age=timedelta(minutes=1))
     old = make_order(2, devices=4, age=timedelta(minutes=9))
     (placement,) = match_round(market=market, orders=[young, old]).placements
     assert placement.order_id == 2
+
+
+def test_a_higher_limit_goes_before_an_older_order() -> None:
+    # price-time priority: 3.50 placed a minute ago beats 3.00 placed nine minutes ago
+    market = make_market([make_node(1, devices=4, on_demand=2 * UNIT)])
+    old = make_order(1, devices=4, limit=3 * UNIT, age=timedelta(minutes=9))
+    dear = make_order(2, devices=4, limit=3_500_000, age=timedelta(minutes=1))
+    result = match_round(market=market, orders=[old, dear])
+    (placement,) = result.placements
+    assert placement.order_id == 2
+    assert placement.unit_price_micros == 2 * UNIT  # the ask, not the limit
+    assert result.unplaced[1][0].code is ReasonCode.CAPACITY_BUSY
+
+
+def test_the_age_boost_lets_a_long_waiting_low_limit_through() -> None:
+    # 5 % of its own limit per hour waited: 2.50 after 9 h ranks as 2.50 x 1.45 = 3.625 > 3.50,
+    # after 3 h as 2.875 < 3.50
+    policy = RoundPolicy(firm_age_boost_bps_per_hour=500)
+    market = make_market([make_node(1, devices=4, on_demand=2 * UNIT)])
+    dear = make_order(2, devices=4, limit=3_500_000, age=timedelta(seconds=5))
+    for hours, winner in ((3, 2), (9, 1)):
+        patient = make_order(1, devices=4, limit=2_500_000, age=timedelta(hours=hours))
+        (placement,) = match_round(market=market, orders=[dear, patient], policy=policy).placements
+        assert placement.order_id == winner
+    assert firm_rank(2_500_000, timedelta(hours=9), policy) > firm_rank(3_500_000, timedelta(0), policy)
+
+
+def test_a_verified_node_wins_a_tie_of_price_and_fit() -> None:
+    market = make_market(
+        [
+            make_node(1, devices=2, on_demand=UNIT, reliability=0.999),
+            make_node(2, devices=2, on_demand=UNIT, reliability=0.95, verified=True),
+            make_node(3, devices=1, on_demand=UNIT, reliability=0.95, verified=True),
+        ]
+    )
+    # price first, then fit (node 3 is an exact fit for one device), then verified, then reliability
+    placed = by_order(match_round(market=market, orders=[make_order(1, devices=2)]).placements)
+    assert placed[1].slots[0].node_id == 2
+    placed = by_order(match_round(market=market, orders=[make_order(1, devices=1)]).placements)
+    assert placed[1].slots[0].node_id == 3
+    gang = make_order(1, devices=2, nodes=2)
+    two_clusters = make_market(
+        [
+            make_node(1, devices=2, on_demand=UNIT, cluster="a", reliability=0.999),
+            make_node(2, devices=2, on_demand=UNIT, cluster="a", reliability=0.999),
+            make_node(3, devices=2, on_demand=UNIT, cluster="b", verified=True),
+            make_node(4, devices=2, on_demand=UNIT, cluster="b", verified=True),
+        ]
+    )
+    (placement,) = match_round(market=two_clusters, orders=[gang]).placements
+    assert [slot.node_id for slot in placement.slots] == [3, 4]
+
+
+def test_a_reserved_window_must_fit_the_offers_rental_length() -> None:
+    # node 1 rents for 2 to 6 hours, node 2 (dearer) for 1 hour to 24 hours
+    market = make_market(
+        [
+            make_node(1, on_demand=2 * UNIT, min_rental=timedelta(hours=2), max_rental=timedelta(hours=6)),
+            make_node(2, on_demand=3 * UNIT, min_rental=timedelta(hours=1), max_rental=timedelta(hours=24)),
+        ]
+    )
+
+    def reserved(order_id: int, hours: float) -> Order:
+        return make_order(
+            order_id,
+            term=Term.RESERVED,
+            limit=5 * UNIT,
+            window_start=NOW,
+            window_end=NOW + timedelta(hours=hours),
+        )
+
+    fits, short, long_, too_short, too_long = (
+        reserved(1, 4),
+        reserved(2, 1.5),
+        reserved(3, 12),
+        reserved(4, 0.5),
+        reserved(5, 48),
+    )
+    for order, node_id in ((fits, 1), (short, 2), (long_, 2)):
+        (placement,) = match_round(market=market, orders=[order]).placements
+        assert placement.slots[0].node_id == node_id
+    result = match_round(market=market, orders=[too_short, too_long])
+    assert result.placements == ()
+    assert result.unplaced[4] == (Reason(ReasonCode.WINDOW_SHORTER_THAN_MIN_RENTAL, 2),)
+    assert result.unplaced[5] == (Reason(ReasonCode.WINDOW_LONGER_THAN_MAX_RENTAL, 2),)
+    assert explain(too_long, market) == [Reason(ReasonCode.WINDOW_LONGER_THAN_MAX_RENTAL, 2)]
+    # a window already under way is booked (and judged) from now: 2.5 h left of a 3 h window
+    started = make_order(
+        6,
+        term=Term.RESERVED,
+        limit=5 * UNIT,
+        window_start=NOW - timedelta(minutes=30),
+        window_end=NOW + timedelta(hours=2, minutes=30),
+    )
+    (placement,) = match_round(market=market, orders=[started]).placements
+    assert placement.slots[0].node_id == 1
+    # on-demand and spot orders have no length: the offer's rental bounds never keep them out
+    on_demand = make_order(7, limit=5 * UNIT)
+    assert [p.order_id for p in match_round(market=market, orders=[on_demand]).placements] == [7]
 
 
 def test_gang_lands_on_distinct_nodes_of_one_cluster() -> None:

@@ -5,6 +5,9 @@
 3. Every placement satisfies its order's requirements; provider floor <= price paid <= buyer limit.
 4. One spot price per pool per round and every winner pays it; preemption respects tiers, the
    notice, and the 10-minute rule for spot-on-spot.
+
+And the market rules of a round: firm orders by price-time priority (an order's placement never
+depends on orders ranked below it), and an order that waited long enough is placed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from marketplace.matching import (
@@ -27,6 +30,7 @@ from marketplace.matching import (
     explain,
     match_round,
 )
+from marketplace.matching.engine import firm_priority, firm_rank
 from marketplace.matching.requirements import parse_software_spec, software_satisfied
 
 from .factories import A100, H100, NOW, device_ids, make_job, make_market, make_node, make_order
@@ -57,6 +61,9 @@ def markets(draw: st.DrawFn) -> tuple[Market, list[RunningSpot]]:
                 reserved=draw(st.integers(1, on_demand // 100_000)) * 100_000,
                 floor=draw(st.integers(1, 30)) * 100_000,
                 listed=draw(st.integers(0, 9)) > 0,
+                verified=draw(st.booleans()),
+                min_rental=timedelta(hours=draw(st.sampled_from((0, 0, 1, 5)))),
+                max_rental=draw(st.sampled_from((None, None, timedelta(hours=2), timedelta(hours=8)))),
             )
         )
         ids = device_ids(node_id, size)
@@ -101,7 +108,7 @@ def orders(draw: st.DrawFn) -> list[Order]:
                 min_memory_mib=draw(st.sampled_from((0, 0, 81_920))),
                 age=timedelta(minutes=draw(st.integers(0, 90))),
                 window_start=start,
-                window_end=start + timedelta(hours=4) if start else None,
+                window_end=start + timedelta(hours=draw(st.sampled_from((1, 4, 12)))) if start else None,
             )
         )
     return result
@@ -166,6 +173,10 @@ def check_round(market: Market, orders: list[Order], jobs: list[RunningSpot], re
             assert node.offer.floor_for(order.term) <= placement.unit_price_micros <= order.limit_micros
         if order.term is Term.RESERVED:
             assert order.window_start is None or order.window_start <= market.now + market.horizon
+            # the booked window fits every node's rental length
+            assert order.window_start is not None and order.window_end is not None
+            booked = order.window_end - max(order.window_start, market.now)
+            assert all(nodes[slot.node_id].offer.admits(booked) for slot in placement.slots)
 
     assert placed.isdisjoint(result.unplaced)
     assert placed | set(result.unplaced) == set(by_order)
@@ -265,3 +276,102 @@ def test_explain_agrees_with_a_round_for_a_lone_firm_order(
         assert placed == (reasons == [])
         if not placed:
             assert list(result.unplaced[order.id]) == reasons
+
+
+@PROPERTY_SETTINGS
+@given(markets(), orders())
+def test_firm_orders_follow_price_time_priority(
+    market_jobs: tuple[Market, list[RunningSpot]], orders: list[Order]
+) -> None:
+    # Price-time priority within a round: an order ranked higher (aged limit, then age, then id)
+    # is decided before, so an order's placement is the same whether or not the orders ranked
+    # below it (and every spot bid) take part in the round.
+    market, jobs = market_jobs
+    firm = sorted(
+        (order for order in orders if order.term is not Term.SPOT),
+        key=lambda order: firm_priority(order, NOW, POLICY),
+    )
+    full = {
+        p.order_id: p
+        for p in match_round(market=market, orders=orders, running_spot=jobs, policy=POLICY).placements
+        if p.job_id is None
+    }
+    for position, order in enumerate(firm):
+        alone = match_round(market=market, orders=firm[: position + 1], running_spot=jobs, policy=POLICY)
+        mine = [p for p in alone.placements if p.order_id == order.id and p.job_id is None]
+        assert mine == ([full[order.id]] if order.id in full else [])
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.integers(1, 8),
+    st.lists(st.tuples(st.integers(1, 40), st.integers(0, 120)), min_size=1, max_size=12),
+    st.sampled_from((0, 500, 1_000)),
+    st.randoms(use_true_random=False),
+)
+def test_identical_firm_orders_are_placed_highest_limit_then_oldest_first(
+    devices: int, bids: list[tuple[int, int]], boost: int, rng: random.Random
+) -> None:
+    # One node, one-device orders that all fit it: the placed ones are exactly the top ``devices``
+    # by aged limit, then by age, whatever their terms and the order they arrive in.
+    policy = RoundPolicy(firm_age_boost_bps_per_hour=boost)
+    market = make_market([make_node(1, devices=devices, on_demand=100_000, reserved=100_000)])
+    orders = [
+        make_order(
+            order_id,
+            term=rng.choice((Term.ON_DEMAND, Term.RESERVED)),
+            limit=limit * 100_000,
+            age=timedelta(minutes=minutes),
+            window_start=NOW,
+            window_end=NOW + timedelta(hours=1),
+        )
+        for order_id, (limit, minutes) in enumerate(bids, start=1)
+    ]
+    ranked = sorted(
+        orders, key=lambda o: (-firm_rank(o.limit_micros, NOW - o.created_at, policy), o.created_at, o.id)
+    )
+    shuffled = list(orders)
+    rng.shuffle(shuffled)
+    result = match_round(market=market, orders=shuffled, policy=policy)
+    assert {p.order_id for p in result.placements} == {o.id for o in ranked[:devices]}
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.integers(1, 8),
+    st.integers(2, 40),
+    st.lists(st.tuples(st.integers(1, 400), st.integers(0, 120)), min_size=1, max_size=10),
+    st.sampled_from((100, 500, 2_000)),
+    st.sampled_from(list(Term)),
+)
+def test_an_order_that_waited_long_enough_is_placed(
+    devices: int, limit: int, rivals: list[tuple[int, int]], boost: int, rival_term: Term
+) -> None:
+    # Whatever limits the fresh orders competing for the same devices carry (up to 10 x higher),
+    # an order whose limit covers the ask is placed once it has waited long enough: its aged rank
+    # passes every rival's. Spot rivals never come first at all.
+    policy = RoundPolicy(firm_age_boost_bps_per_hour=boost)
+    ask = 100_000
+    market = make_market([make_node(1, devices=devices, on_demand=ask, reserved=ask, floor=ask)])
+    limit_micros = limit * 100_000
+    competing = [
+        make_order(
+            order_id,
+            term=rival_term,
+            devices=devices,
+            limit=max(ask, limit_micros * tenths // 40),
+            age=timedelta(minutes=minutes),
+            window_start=NOW if rival_term is Term.RESERVED else None,
+            window_end=NOW + timedelta(hours=1) if rival_term is Term.RESERVED else None,
+        )
+        for order_id, (tenths, minutes) in enumerate(rivals, start=2)
+    ]
+    top = max(firm_rank(o.limit_micros, NOW - o.created_at, policy) for o in competing)
+    assume(top >= firm_rank(limit_micros, timedelta(0), policy))  # it would lose when fresh
+    # The age at which its rank passes ``top``: limit x (36e6 + boost x seconds) > top.
+    seconds = (top // limit_micros - 10_000 * 3600) // boost + 1
+    patient = make_order(1, devices=devices, limit=limit_micros, age=timedelta(seconds=seconds))
+    result = match_round(market=market, orders=[*competing, patient], policy=policy)
+    assert [p.order_id for p in result.placements if p.job_id is None] == [1] or (
+        rival_term is Term.SPOT and 1 in {p.order_id for p in result.placements}
+    )
