@@ -179,6 +179,17 @@ class OrderForm(NoLabelSuffix, forms.Form):
     ports = forms.CharField(
         label=_("Ports"), required=False, max_length=200, help_text=_("Comma-separated, e.g. 8888, 6006")
     )
+    ssh = forms.BooleanField(
+        label=_("Open an SSH port"),
+        required=False,
+        help_text=_("The job is reachable by ssh with the public key saved in your profile."),
+    )
+    volumes = forms.MultipleChoiceField(
+        label=_("Volumes"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("Your volumes on this node, mounted at /volumes/<name>."),
+    )
     idempotency_key = forms.CharField(
         label=_("Request key"),
         widget=forms.HiddenInput,
@@ -186,9 +197,20 @@ class OrderForm(NoLabelSuffix, forms.Form):
         error_messages={"required": _("Missing; reload the page and submit the form again.")},
     )
 
-    def __init__(self, *args: Any, offer: Offer, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        offer: Offer,
+        profile_ssh_public_key: str = "",
+        volume_choices: Any = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.offer = offer
+        self.profile_ssh_public_key = profile_ssh_public_key
+        self.fields["volumes"].choices = [(str(pk), name) for pk, name in volume_choices]
+        if not volume_choices:
+            del self.fields["volumes"]
         self.fields["devices"].widget.attrs.update({"max": offer.device_count, "min": 1})
         self.job_spec: JobSpec | None = None
 
@@ -254,7 +276,9 @@ class OrderForm(NoLabelSuffix, forms.Form):
                     )
         else:
             data["window_start"] = data["window_end"] = None
-        if not any(name in self.errors for name in ("runtime", "image", "command", "env", "ports")):
+        if not any(
+            name in self.errors for name in ("runtime", "image", "command", "env", "ports", "volumes")
+        ):
             raw = {
                 "runtime": data.get("runtime", "docker"),
                 "image": (data.get("image") or "").strip(),
@@ -262,10 +286,14 @@ class OrderForm(NoLabelSuffix, forms.Form):
                 "env": data.get("env", {}),
                 "ports": data.get("ports", []),
             }
+            if data.get("ssh"):
+                raw["ssh"] = True
+            if data.get("volumes"):
+                raw["volumes"] = [{"id": int(pk)} for pk in data["volumes"]]
             if raw["runtime"] == "process" and not raw["image"]:
                 raw.pop("image")
             try:
-                self.job_spec = job_spec_parse(raw)
+                self.job_spec = job_spec_parse(raw, profile_ssh_public_key=self.profile_ssh_public_key)
             except ValidationFailed as error:
                 for field, messages in error.fields.items():
                     name = field.removeprefix("job.")

@@ -32,6 +32,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing.selectors import wallet_get
 from core.errors import NotFound, SuanliError, ValidationFailed
 from core.money import format_amount
+from core.services import buyer_ssh_key_get
 from core.templatetags.money import format_money
 from marketplace import selectors
 from marketplace.forms import TERM_LABELS, MarketFilterForm, OfferPriceForm, OrderForm, order_estimate
@@ -56,6 +57,7 @@ from marketplace.services.orders import (
     order_job_stop,
     order_place,
 )
+from marketplace.services.volumes import volumes_for_buyer
 from providers.services import heartbeat_latest
 from providers.verification import verification_rows
 
@@ -205,6 +207,19 @@ def _form_estimate(form: OrderForm, offer: Offer, available: int, spot_now: int 
     )
 
 
+def _order_form_options(user: Any, offer: Offer) -> dict[str, Any]:
+    """What the order form offers this buyer: their profile SSH key and their volumes on the node."""
+    return {
+        "profile_ssh_public_key": buyer_ssh_key_get(user=user),
+        "volume_choices": list(
+            volumes_for_buyer(buyer=user)
+            .filter(node_id=offer.node_id)
+            .order_by("name")
+            .values_list("pk", "name")
+        ),
+    }
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def order_new(request: HttpRequest, offer_id: int) -> HttpResponse:
@@ -219,7 +234,7 @@ def order_new(request: HttpRequest, offer_id: int) -> HttpResponse:
     history = selectors.spot_price_history(accelerator_id=offer.accelerator_id, region=offer.region, limit=1)
     spot_now = history[-1].price_micros if history else None
     if request.method == "POST":
-        form = OrderForm(request.POST, offer=offer)
+        form = OrderForm(request.POST, offer=offer, **_order_form_options(user, offer))
         valid = form.is_valid()
         if request.POST.get("validate") == "1":
             estimate = _form_estimate(form, offer, wallet.available_micros, spot_now)
@@ -263,6 +278,7 @@ def order_new(request: HttpRequest, offer_id: int) -> HttpResponse:
             price = max(price, spot_now)
         form = OrderForm(
             offer=offer,
+            **_order_form_options(user, offer),
             initial={
                 "term": term,
                 "devices": 1,
