@@ -54,6 +54,7 @@ STOP_REASON_LABELS: dict[str, Promise] = {
     StopReason.FUNDS: _("your wallet cannot cover the next interval"),
     StopReason.OPERATOR: _("stopped by an operator"),
     StopReason.NODE_LOST: _("the node went offline"),
+    StopReason.RENTAL_END: _("the rental period ended"),
 }
 RUNTIME_LABELS: dict[str, Promise] = {
     Runtime.DOCKER: _("Docker container"),

@@ -321,6 +321,8 @@ class StopReason(models.TextChoices):
     FUNDS = "funds", "Wallet cannot cover the next interval"
     OPERATOR = "operator", "Stopped by an operator"
     NODE_LOST = "node_lost", "The node went offline"
+    # A reserved window closing, or an on-demand/spot job reaching the offer's maximum rental.
+    RENTAL_END = "rental_end", "The rental period ended"
 
 
 class Job(TimeStampedModel):

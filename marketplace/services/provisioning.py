@@ -335,7 +335,7 @@ def jobs_stop_at_allocation_end(*, now: datetime | None = None) -> list[int]:
     stopped = []
     for job in ending:
         assert job.allocation is not None
-        job_stop_request(job=job, reason=StopReason.OPERATOR, deadline=job.allocation.ends_at)
+        job_stop_request(job=job, reason=StopReason.RENTAL_END, deadline=job.allocation.ends_at)
         stopped.append(job.pk)
     return stopped
 

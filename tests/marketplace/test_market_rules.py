@@ -198,6 +198,8 @@ def test_an_on_demand_job_is_stopped_with_notice_at_the_offers_maximum_rental():
         assert jobs_stop_at_allocation_end() == [job.pk]
     job.refresh_from_db()
     assert job.stop_deadline == end and job.status == JobStatus.RUNNING
+    # The buyer reads why: the rental period ended (not "stopped by an operator").
+    assert job.stop_reason == "rental_end"
 
 
 def test_a_verified_node_wins_a_tie_and_a_higher_limit_goes_first():
