@@ -536,23 +536,32 @@ def _commit_run(order_count: int, node_count: int, seed: int) -> tuple[float, fl
     free = loaded.free_during(now, now + db.RESERVATION_GUARD, None)
     market = Market(nodes=tuple(loaded.nodes[n] for n in sorted(free)), free=free, now=now)
     rows = {order.pk: order for order in OrderRow.objects.filter(pk__in=[o.pk for o in orders])}
+    batched, per_order, expected = _commit_both_ways(rows, market, loaded, now)
+    _undo(rows)
+    return batched, per_order, expected
+
+
+def _commit_both_ways(
+    rows: Mapping[int, Any], market: Market, loaded: Any, now: Any
+) -> tuple[float, float, int]:
+    """Decide ``rows`` in one round, then commit its placements one transaction per order (the
+    baseline, undone after) and in the rounds' chunks of COMMIT_CHUNK orders: slots/s of each."""
+    from marketplace.services import matching as db
+
     result = match_round(market=market, orders=[db.domain_order(order) for order in rows.values()])
     items = [(rows[placement.order_id], placement) for placement in result.placements]
     expected = sum(len(p.slots) for p in result.placements)
 
-    # Baseline: the same placements, one transaction per order.
     started = time.perf_counter()
     for order, placement in items:
         assert db.placement_commit(order=order, placement=placement, loaded=loaded, now=now)
     per_order = expected / (time.perf_counter() - started)
     _undo(rows)
 
-    # The rounds' path: chunks of COMMIT_CHUNK orders per transaction.
     started = time.perf_counter()
     placed, conflicts = db.placements_commit(items=items, loaded=loaded, now=now)
     batched = expected / (time.perf_counter() - started)
     assert not conflicts and len(placed) == len(items), "every in-memory placement commits"
-    _undo(rows)
     return batched, per_order, expected
 
 
@@ -600,21 +609,7 @@ def _reserved_run(order_count: int, seed: int) -> tuple[float, float, int]:
         horizon=start - now + timedelta(seconds=1),
     )
     rows = {order.pk: order for order in OrderRow.objects.filter(pk__in=[o.pk for o in orders])}
-    result = match_round(market=market, orders=[db.domain_order(order) for order in rows.values()])
-    items = [(rows[placement.order_id], placement) for placement in result.placements]
-    expected = sum(len(p.slots) for p in result.placements)
-
-    started = time.perf_counter()
-    for order, placement in items:
-        assert db.placement_commit(order=order, placement=placement, loaded=loaded, now=now)
-    per_order = expected / (time.perf_counter() - started)
-    _undo(rows)
-
-    started = time.perf_counter()
-    placed, conflicts = db.placements_commit(items=items, loaded=loaded, now=now)
-    batched = expected / (time.perf_counter() - started)
-    assert not conflicts and len(placed) == len(items), "every in-memory placement commits"
-    return batched, per_order, expected
+    return _commit_both_ways(rows, market, loaded, now)
 
 
 def _undo(rows: Mapping[int, Any]) -> None:

@@ -323,13 +323,7 @@ def order_cancel(*, order: Order) -> Order:
             return order
         now = timezone.now()
         if order.status == OrderStatus.OPEN:
-            order_transition(
-                order=order,
-                to=OrderStatus.CANCELLED,
-                ended_at=now,
-                status_reason=OrderReason.CANCELLED_BY_BUYER,
-                status_params={},
-            )
+            _mark_cancelled(order, now)
             _release_money(order)
             return order
         jobs = list(Job.objects.filter(order=order).exclude(status__in=list(_ENDED_JOB_STATUSES)))
@@ -347,13 +341,7 @@ def _before_window(order: Order, now: datetime) -> bool:
     return order.term == Term.RESERVED and order.window_start is not None and now < order.window_start
 
 
-def _cancel_reservation(order: Order, jobs: list[Job], now: datetime) -> None:
-    """Cancel a confirmed reservation before its window (the caller holds the order's lock)."""
-    from billing.models import Reservation, ReservationStatus
-    from marketplace.services.provisioning import allocations_release
-
-    # The order moves first: its jobs ending below must not end it as "job stopped" (which made
-    # the order's own conditional update fail and the whole cancel answer 409).
+def _mark_cancelled(order: Order, now: datetime) -> None:
     order_transition(
         order=order,
         to=OrderStatus.CANCELLED,
@@ -361,6 +349,16 @@ def _cancel_reservation(order: Order, jobs: list[Job], now: datetime) -> None:
         status_reason=OrderReason.CANCELLED_BY_BUYER,
         status_params={},
     )
+
+
+def _cancel_reservation(order: Order, jobs: list[Job], now: datetime) -> None:
+    """Cancel a confirmed reservation before its window (the caller holds the order's lock)."""
+    from billing.models import Reservation, ReservationStatus
+    from marketplace.services.provisioning import allocations_release
+
+    # The order moves first: its jobs ending below must not end it as "job stopped" (which made
+    # the order's own conditional update fail and the whole cancel answer 409).
+    _mark_cancelled(order, now)
     # Slots before money, as the matcher takes them (slots, then the buyer's accounts).
     allocations_release(order=order, at=now)
     # One booking per job (a gang has one per node); ``order.reservation_id`` names only the first.
