@@ -314,6 +314,9 @@ SUANLI_MIN_RESERVATION_S = env_int("SUANLI_MIN_RESERVATION_S", 600, minimum=60)
 # How far ahead a reserved window may start (days): capacity is not sold years out, and a bound
 # keeps typo'd years (9999) out of the slot index.
 SUANLI_MAX_RESERVATION_AHEAD_DAYS = env_int("SUANLI_MAX_RESERVATION_AHEAD_DAYS", 365, minimum=1)
+# A volume whose buyer cannot pay for its storage is kept this long (the low-balance e-mail and the
+# volume's page say so), then deleted: like a job's funds stop, it bounds the bad debt.
+SUANLI_VOLUME_UNPAID_GRACE_H = env_int("SUANLI_VOLUME_UNPAID_GRACE_H", 72, minimum=1)
 if SUANLI_MAX_RESERVATION_AHEAD_DAYS > 3650:
     raise ImproperlyConfigured("SUANLI_MAX_RESERVATION_AHEAD_DAYS must be at most 3650 (ten years)")
 # Outgoing webhooks (marketplace.services.webhooks): attempts per event (then ``failed``), the

@@ -431,6 +431,8 @@ class Volume(TimeStampedModel):
     status = models.CharField(max_length=10, choices=VolumeStatus.choices, default=VolumeStatus.READY)
     lease_id = models.BigIntegerField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Since when the buyer's wallet cannot cover its storage; after the grace it is deleted.
+    unpaid_since = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=128)
     request_hash = models.CharField(max_length=64, default="")
 

@@ -82,10 +82,14 @@ def promote_deferred() -> list[int]:
 
 @shared_task(base=SuanliTask, name="marketplace.provisioning.stop_unpaid", soft_time_limit=60, time_limit=90)
 def stop_unpaid() -> list[int]:
-    """Stop, with notice, jobs whose buyer cannot cover the next two settlement intervals."""
+    """Stop, with notice, jobs whose buyer cannot cover the next two settlement intervals; delete
+    volumes left unpaid past their grace."""
     from marketplace.services.provisioning import jobs_stop_unpaid
+    from marketplace.services.volumes import volumes_follow_funds
 
-    return jobs_stop_unpaid()
+    stopped = jobs_stop_unpaid()
+    volumes_follow_funds()
+    return stopped
 
 
 @shared_task(

@@ -32,6 +32,7 @@ from marketplace.services.volumes import (
     volume_create,
     volume_delete,
     volume_get_for_buyer,
+    volume_unpaid_delete_at,
     volumes_for_buyer,
 )
 from providers.models import NodeStatus
@@ -84,6 +85,7 @@ def _page(request: HttpRequest, form: VolumeForm | None = None, status: int = 20
         volume.mount = f"{VOLUME_MOUNT_ROOT}/{volume.name}"  # type: ignore[attr-defined]
         volume.charged = format_amount(charged.get(volume.lease_id or 0, 0))  # type: ignore[attr-defined]
         volume.price = format_amount(volume.price_micros)  # type: ignore[attr-defined]
+        volume.delete_at = volume_unpaid_delete_at(volume)  # type: ignore[attr-defined]
     form = form or VolumeForm(initial={"idempotency_key": uuid.uuid4().hex})
     return render(request, "marketplace/volumes.html", {"volumes": volumes, "form": form}, status=status)
 

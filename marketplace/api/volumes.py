@@ -25,6 +25,7 @@ from marketplace.services.volumes import (
     volume_create,
     volume_delete,
     volume_get_for_buyer,
+    volume_unpaid_delete_at,
     volumes_for_buyer,
 )
 
@@ -47,7 +48,15 @@ class VolumeSerializer(serializers.ModelSerializer):
     class Meta:
         model = Volume
         fields = ["id", "name", "node", "size_gib", "price", "currency", "status", "mount", "charged",
-                  "created_at", "deleted_at"]  # fmt: skip
+                  "created_at", "deleted_at", "unpaid_since", "delete_at"]  # fmt: skip
+
+    delete_at = serializers.SerializerMethodField(
+        help_text="When an unpaid volume will be deleted (null while the wallet covers it)."
+    )
+
+    def get_delete_at(self, volume: Volume) -> str | None:
+        moment = volume_unpaid_delete_at(volume)
+        return serializers.DateTimeField().to_representation(moment) if moment else None
 
     def get_mount(self, volume: Volume) -> str:
         return f"{VOLUME_MOUNT_ROOT}/{volume.name}"

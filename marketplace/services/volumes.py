@@ -318,3 +318,41 @@ def volumes_follow_node_liveness(*, now: datetime | None = None) -> tuple[list[i
     if paused or resumed:
         log.info("volume.leases_followed_nodes paused=%s resumed=%s", paused, resumed)
     return paused, resumed
+
+
+def volumes_follow_funds(*, now: datetime | None = None) -> list[int]:
+    """Delete the volumes whose buyer has not covered their storage for the grace period.
+
+    Contract: a ready volume whose lease is among the leases the buyer cannot pay for (the same
+    test that stops jobs for funds) is marked ``unpaid_since`` (once); a marked volume whose
+    buyer can pay again is unmarked; one marked for ``SUANLI_VOLUME_UNPAID_GRACE_H`` hours or more
+    is deleted (billing stops, the agent removes the data), unless a live order still mounts it
+    (its job is being stopped for the same funds; the next run deletes it). Returns the ids deleted.
+    """
+    from billing.services.settlement import leases_unable_to_pay
+
+    now = now or timezone.now()
+    short = {s.lease_id for s in leases_unable_to_pay(at=now) if s.job_id is None}
+    ready = Volume.objects.filter(status=VolumeStatus.READY)
+    newly = ready.filter(unpaid_since__isnull=True, lease_id__in=short).update(unpaid_since=now)
+    if newly:
+        log.warning("volumes.unpaid count=%s", newly)
+    ready.filter(unpaid_since__isnull=False).exclude(lease_id__in=short).update(unpaid_since=None)
+    grace = timedelta(hours=settings.SUANLI_VOLUME_UNPAID_GRACE_H)
+    deleted: list[int] = []
+    for volume in ready.filter(unpaid_since__lte=now - grace).order_by("pk"):
+        try:
+            volume_delete(volume=volume)
+        except Conflict:
+            continue
+        deleted.append(volume.pk)
+    if deleted:
+        log.warning("volumes.deleted_unpaid volume_ids=%s", deleted)
+    return deleted
+
+
+def volume_unpaid_delete_at(volume: Volume) -> datetime | None:
+    """When an unpaid volume will be deleted (None while it is paid for)."""
+    if volume.unpaid_since is None or volume.status != VolumeStatus.READY:
+        return None
+    return volume.unpaid_since + timedelta(hours=settings.SUANLI_VOLUME_UNPAID_GRACE_H)

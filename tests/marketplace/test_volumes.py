@@ -530,3 +530,58 @@ def test_a_volume_on_an_offline_node_is_not_billed_until_the_node_is_back():
 
     # Billed hours: 0-1 and 5-6, i.e. 2 hours x 10 GiB x 0.002.
     assert Lease.objects.get(pk=volume.lease_id).charged_micros == 2 * 10 * VOLUME_PRICE
+
+
+# --- Storage nobody pays for --------------------------------------------------------------------
+
+
+def test_an_unpaid_volume_is_flagged_unflagged_when_funded_and_deleted_after_the_grace(settings):
+    from marketplace.services.volumes import volumes_follow_funds
+    from tests.marketplace.market_helpers import fund
+
+    settings.SUANLI_VOLUME_UNPAID_GRACE_H = 72
+    node = volume_node()
+    buyer = funded_buyer(1)  # 1.00 pays 50 GiB x 0.002 per GiB-hour for 10 hours
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        volume, _ = volume_create(buyer=buyer, request=VolumeRequest(node.pk, "data", 50), idempotency_key="k")
+        assert volumes_follow_funds() == []
+    volume.refresh_from_db()
+    assert volume.unpaid_since is None
+
+    # Ten hours on the wallet is spent: the volume is flagged, and the buyer is told when it goes.
+    broke = start + timedelta(hours=10, minutes=5)
+    with time_machine.travel(broke, tick=False):
+        settle(until=broke)
+        assert volumes_follow_funds() == []
+        volume.refresh_from_db()
+        assert volume.unpaid_since == broke and volume.status == VolumeStatus.READY
+        body = api(buyer).get(f"/api/v1/volumes/{volume.pk}").json()
+        assert body["unpaid_since"] is not None
+        assert body["delete_at"].startswith((broke + timedelta(hours=72)).strftime("%Y-%m-%dT%H:%M"))
+        from django.test import Client
+
+        client = Client()
+        client.force_login(buyer)
+        assert "or it is deleted with its data" in client.get("/volumes/").content.decode()
+
+        # A top-up clears the flag.
+        fund(buyer, 10 * MICROS)
+        volumes_follow_funds()
+    volume.refresh_from_db()
+    assert volume.unpaid_since is None
+
+    # Spent again, and left unpaid past the grace: deleted, billing stops.
+    later = start + timedelta(hours=220)
+    with time_machine.travel(later, tick=False):
+        settle(until=later)
+        volumes_follow_funds()
+    volume.refresh_from_db()
+    assert volume.unpaid_since is not None and volume.status == VolumeStatus.READY
+    with time_machine.travel(later + timedelta(hours=71), tick=False):
+        assert volumes_follow_funds() == []
+    with time_machine.travel(later + timedelta(hours=72, minutes=1), tick=False):
+        assert volumes_follow_funds() == [volume.pk]
+    volume.refresh_from_db()
+    assert volume.status == VolumeStatus.DELETED
+    assert Lease.objects.get(pk=volume.lease_id).status != LeaseStatus.OPEN
