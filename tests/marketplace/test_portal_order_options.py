@@ -32,7 +32,9 @@ def test_the_order_form_launches_with_the_profile_ssh_key_and_mounts_a_chosen_vo
     )
     other_buyer = funded_buyer(100)
     volume_create(
-        buyer=other_buyer, request=VolumeRequest(node_id=node.pk, name="theirs", size_gib=5), idempotency_key="w"
+        buyer=other_buyer,
+        request=VolumeRequest(node_id=node.pk, name="theirs", size_gib=5),
+        idempotency_key="w",
     )
     client = client_for(buyer)
 

@@ -544,7 +544,9 @@ def test_an_unpaid_volume_is_flagged_unflagged_when_funded_and_deleted_after_the
     buyer = funded_buyer(1)  # 1.00 pays 50 GiB x 0.002 per GiB-hour for 10 hours
     start = timezone.now()
     with time_machine.travel(start, tick=False):
-        volume, _ = volume_create(buyer=buyer, request=VolumeRequest(node.pk, "data", 50), idempotency_key="k")
+        volume, _ = volume_create(
+            buyer=buyer, request=VolumeRequest(node.pk, "data", 50), idempotency_key="k"
+        )
         assert volumes_follow_funds() == []
     volume.refresh_from_db()
     assert volume.unpaid_since is None
