@@ -208,7 +208,7 @@ class OrderForm(NoLabelSuffix, forms.Form):
         super().__init__(*args, **kwargs)
         self.offer = offer
         self.profile_ssh_public_key = profile_ssh_public_key
-        self.fields["volumes"].choices = [(str(pk), name) for pk, name in volume_choices]
+        self.fields["volumes"].choices = [(str(pk), name) for pk, name in volume_choices]  # type: ignore[attr-defined]
         if not volume_choices:
             del self.fields["volumes"]
         self.fields["devices"].widget.attrs.update({"max": offer.device_count, "min": 1})
