@@ -13,7 +13,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+import psycopg2.errors
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from psycopg2.extras import NumericRange
@@ -35,7 +36,7 @@ from marketplace.models import (
     StopReason,
     Term,
 )
-from marketplace.services.jobs import job_end_unreported_stop, job_stop_request, job_transition
+from marketplace.services.jobs import job_end_unreported_stop, job_stop_request, job_transition, lock_order_of
 from marketplace.services.orders import order_transition
 from marketplace.services.webhooks import job_webhook_on_status
 from marketplace.services.work import node_nudge
@@ -244,11 +245,21 @@ def jobs_promote_deferred(*, now: datetime | None = None) -> list[int]:
             continue
         try:
             with transaction.atomic():
+                # Order first, then slots: the lock order of the matcher and of job events (the
+                # slots first deadlocked against a matcher holding the order).
+                lock_order_of(job_id=job.pk)
                 if early:
                     _start_allocation_now(job.allocation, now)
                 job_transition(job=job, to=JobStatus.ASSIGNED, assigned_at=now)
         except (InvalidTransition, IntegrityError):
             continue  # moved meanwhile, or a slot overlaps: it waits for its own start
+        except OperationalError as exc:
+            if not isinstance(
+                exc.__cause__, psycopg2.errors.DeadlockDetected | psycopg2.errors.SerializationFailure
+            ):
+                raise
+            log.warning("job.promote_retry job_id=%s error=%s", job.pk, exc)
+            continue  # rolled back whole; the next tick tries again
         promoted.append(job.pk)
     if promoted:
         node_nudge(node_ids=set(Job.objects.filter(pk__in=promoted).values_list("node_id", flat=True)))
