@@ -20,7 +20,6 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing.models import Lease
 from core.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from core.forms import NoLabelSuffix
 from core.money import format_amount
@@ -76,14 +75,9 @@ def _user(request: HttpRequest) -> User:
 
 def _page(request: HttpRequest, form: VolumeForm | None = None, status: int = 200) -> HttpResponse:
     volumes = list(volumes_for_buyer(buyer=_user(request)).order_by("-id"))
-    charged = dict(
-        Lease.objects.filter(pk__in=[v.lease_id for v in volumes if v.lease_id]).values_list(
-            "pk", "charged_micros"
-        )
-    )
     for volume in volumes:
         volume.mount = f"{VOLUME_MOUNT_ROOT}/{volume.name}"  # type: ignore[attr-defined]
-        volume.charged = format_amount(charged.get(volume.lease_id or 0, 0))  # type: ignore[attr-defined]
+        volume.charged = format_amount(volume.charged_micros)  # type: ignore[attr-defined]
         volume.price = format_amount(volume.price_micros)  # type: ignore[attr-defined]
         volume.delete_at = volume_unpaid_delete_at(volume)  # type: ignore[attr-defined]
     form = form or VolumeForm(initial={"idempotency_key": uuid.uuid4().hex})

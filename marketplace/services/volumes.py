@@ -21,7 +21,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -206,14 +207,20 @@ def volume_delete(*, volume: Volume) -> Volume:
     return volume
 
 
+def _with_charge(volumes: QuerySet[Volume]) -> QuerySet[Volume]:
+    """``charged_micros``: what the volume's lease has been charged, read in the same query."""
+    charged = Lease.objects.filter(pk=OuterRef("lease_id")).values("charged_micros")[:1]
+    return volumes.select_related("node").annotate(charged_micros=Coalesce(Subquery(charged), 0))
+
+
 def volumes_for_buyer(*, buyer: User, include_deleted: bool = False) -> QuerySet[Volume]:
-    volumes = Volume.objects.filter(buyer=buyer).select_related("node")
+    volumes = _with_charge(Volume.objects.filter(buyer=buyer))
     return volumes if include_deleted else volumes.filter(status=VolumeStatus.READY)
 
 
 def volume_get_for_buyer(*, buyer: User, volume_id: int) -> Volume:
     # Another buyer's volume is "not found", never "forbidden": ids reveal nothing.
-    volume = Volume.objects.filter(pk=volume_id, buyer=buyer).select_related("node").first()
+    volume = _with_charge(Volume.objects.filter(pk=volume_id, buyer=buyer)).first()
     if volume is None:
         raise NotFound(_("No such volume."))
     return volume

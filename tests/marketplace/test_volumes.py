@@ -587,3 +587,23 @@ def test_an_unpaid_volume_is_flagged_unflagged_when_funded_and_deleted_after_the
     volume.refresh_from_db()
     assert volume.status == VolumeStatus.DELETED
     assert Lease.objects.get(pk=volume.lease_id).status != LeaseStatus.OPEN
+
+
+def test_the_volume_list_reads_every_charge_in_one_query(django_assert_max_num_queries):
+    node = volume_node(name="many")
+    buyer = funded_buyer(100)
+    for n in range(6):
+        volume_create(buyer=buyer, request=VolumeRequest(node.pk, f"v{n}", 1), idempotency_key=f"k{n}")
+    client = api(buyer)
+    client.get("/api/v1/volumes")  # warm the auth and throttle paths
+    # Before: one lease query per volume (6 more than this bound).
+    with django_assert_max_num_queries(4):
+        body = client.get("/api/v1/volumes").json()
+    from core.money import format_amount
+
+    charged = {
+        v.pk: Lease.objects.get(pk=v.lease_id).charged_micros for v in Volume.objects.filter(buyer=buyer)
+    }
+    assert {v["id"]: v["charged"] for v in body["results"]} == {
+        pk: format_amount(c) for pk, c in charged.items()
+    }
