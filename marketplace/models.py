@@ -85,6 +85,53 @@ class FreeDeviceChange(models.Model):
         return f"node {self.node_id} changed"
 
 
+class OfferCard(models.Model):
+    """An offer's API representation (``OfferSerializer``'s JSON) as stored text fragments, around
+    the parts that change without a write to the offer or that the request chooses: the free
+    devices, the currency, the term's price per PFLOP-hour (all three terms are stored), the
+    carbon figure (the grid intensities are settings) and ``updated_at`` (formatted in the
+    request's time zone). The offer search (``marketplace.selectors.offer_search_page``) joins
+    a page's cards instead of formatting some forty fields per offer per request.
+
+    Written only by PostgreSQL statement triggers (migration 0012), in the writer's transaction:
+    every insert or update of an offer, and every update of a node, provider or accelerator model
+    that changes what the card shows. Never written by the services, so no call site can be
+    forgotten; tests/marketplace/test_offer_search_fast_path.py compares the search with the
+    ORM path after random writes to each of those tables.
+    """
+
+    offer = models.OneToOneField(Offer, primary_key=True, on_delete=models.CASCADE, related_name="card")
+    # JSON text from ``{"id":`` up to the node's ``"software":`` (the node's software, a jsonb,
+    # is rendered by Python: ``software``), then up to ``"free_devices":``, then up to ``"currency":``.
+    head = models.TextField()
+    software = models.TextField()
+    mid = models.TextField()
+    body = models.TextField()
+    # ``"1.23"`` or ``null`` per term: the term price per dense FP16 PFLOP-hour.
+    pflop_on_demand = models.TextField()
+    pflop_reserved = models.TextField()
+    pflop_spot = models.TextField()
+    # Watts per device at the wall (measured power, else the TDP, times the PUE) and the offer's
+    # region: the carbon figure is this times the region's grid intensity. The column is an
+    # unconstrained numeric (migration 0012): the product keeps its scale, as the ORM's does,
+    # so a carbon cursor reads the same digits either way.
+    power_pue = models.DecimalField(max_digits=30, decimal_places=6)
+    region = models.CharField(max_length=32)
+    # What the carbon sort walks in order (``marketplace.selectors.offer_carbon_indexes``) and
+    # filters on before reading the offer: the offer's own values.
+    listed = models.BooleanField()
+    accelerator_id = models.BigIntegerField()
+    on_demand_price_micros = models.BigIntegerField()
+    reserved_price_micros = models.BigIntegerField()
+    spot_floor_micros = models.BigIntegerField()
+    # From ``"tops_per_watt":`` up to the value of ``"updated_at"``.
+    tail = models.TextField()
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"card of offer {self.offer_id}"
+
+
 class Term(models.TextChoices):
     ON_DEMAND = "on_demand", "On-demand"
     RESERVED = "reserved", "Reserved"

@@ -263,34 +263,20 @@ def offer_get_listed(*, offer_id: int) -> Offer:
 #
 # ``GET /api/v1/offers`` answers from ``offer_search_page``: one query that filters, orders by the
 # page's keyset and stops after ``limit + 1`` rows (an index scan for the price sorts, migration
-# 0007), and that builds each offer's JSON in PostgreSQL, byte for byte what ``OfferSerializer``
-# and DRF's compact JSON renderer make of the ``offers_list`` queryset. Building the page through
-# the ORM cost ~12 ms of Python per request (query compilation, model instances, serialising) for
-# ~1 ms of query. ``offers_list`` stays the reference: the portal reads it, and
+# 0009), and that returns each offer's JSON, byte for byte what ``OfferSerializer`` and DRF's
+# compact JSON renderer make of the ``offers_list`` queryset: the stored ``OfferCard`` fragments
+# (migration 0012, kept by triggers) around the figures no row write changes. Building the page
+# through the ORM cost ~12 ms of Python per request (query compilation, model instances,
+# serialising) for ~1 ms of query. ``offers_list`` stays the reference: the portal reads it, and
 # tests/marketplace/test_offer_search_fast_path.py compares the two on random markets, filters,
-# sorts and cursors. A change to either (a field, a filter, a formula) must be made to both.
-
-# A JSON string from SQL text, escaped as Python's json.dumps(ensure_ascii=False) escapes it.
-_JSON_TEXT = "coalesce(to_json(({})::text)::text, 'null')"
-
-
-def _amount_sql(micros: str) -> str:
-    """``core.money.format_amount`` of an integer micro-units expression, as SQL text: at least
-    two decimals, the rest kept (``1.2345``, ``50.00``)."""
-    frac = f"rtrim(lpad(mod(abs({micros}), 1000000)::text, 6, '0'), '0')"
-    return (
-        f"(CASE WHEN {micros} < 0 THEN '-' ELSE '' END || (abs({micros}) / 1000000)::text || '.' "
-        f"|| {frac} || repeat('0', greatest(0, 2 - length({frac}))))"
-    )
+# sorts, cursors and writes. A change to either (a field, a filter, a formula) must be made to
+# both, and to the card (a new migration replacing ``marketplace_offer_cards_write``).
 
 
 def _half_even_sql(value: str, places: int) -> str:
-    """``f"{Decimal(value):.{places}f}"`` as SQL text: Python rounds half to even, PostgreSQL's
-    round() half away from zero. Multiplying numerics is exact, so the digits are Python's."""
-    scaled = f"(({value}) * {10**places})"
-    down = f"floor({scaled})"
-    up = f"CASE WHEN {scaled} - {down} > 0.5 OR ({scaled} - {down} = 0.5 AND mod({down}, 2) <> 0) THEN 1 ELSE 0 END"
-    return f"(({down} + {up}) * {Decimal(1).scaleb(-places)})::text"
+    """``f"{Decimal(value):.{places}f}"`` as SQL text (``marketplace_half_even``, migration 0012:
+    Python rounds half to even, PostgreSQL's round() half away from zero)."""
+    return f"marketplace_half_even({value}, {int(places)})"
 
 
 def _sql_string(text: str) -> str:
@@ -298,28 +284,46 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _grid_join() -> str:
-    """The grid intensity table as a join on the offer's region: the values ``offers_list``'s
-    CASE has (the same decimal literals, so the same products), found by one hash probe per offer
-    instead of a comparison per region."""
-    rows = ", ".join(
-        f"({_sql_string(region)}, {Decimal(str(value))})"
-        for region, value in settings.SUANLI_GRID_INTENSITY.items()
-    )
-    table = f"(VALUES {rows})" if rows else "(SELECT NULL::text, NULL::numeric WHERE false)"
-    return f" LEFT JOIN {table} g(region, intensity) ON g.region = o.region"
+def _grid_case(region: str) -> str:
+    """``offers_list``'s grid intensity CASE on ``region``, as SQL."""
+    grid = settings.SUANLI_GRID_INTENSITY
+    cases = " ".join(f"WHEN {_sql_string(name)} THEN {Decimal(str(value))}" for name, value in grid.items())
+    default = Decimal(str(grid.get("default", 0.48)))
+    return f"CASE {region} {cases} ELSE {default} END" if cases else f"{default}"
+
+
+def offer_card_carbon_sql(card: str = "cd") -> str:
+    """An offer's ``kg_co2e_per_device_hour`` from its card (``card``: the card table's alias, or
+    "" for its bare columns): ``offers_list``'s product, with the card's stored power x PUE (the
+    same digits: an unconstrained numeric) and the grid intensities of the settings."""
+    prefix = f"{card}." if card else ""
+    return f"(({prefix}power_pue * {_grid_case(prefix + 'region')}) / 1000)"
+
+
+OFFER_CARBON_INDEX_PREFIX = "offercard_carbon_"
+
+
+def offer_carbon_indexes() -> dict[str, str]:
+    """The carbon sort's indexes for the grid intensities now in the settings, by name: one per
+    term, on the card's carbon figure, the term price and the offer, over listed offers. The
+    name carries a digest of the figure's SQL, so indexes built for other intensities are told
+    apart (``marketplace.services.offers.offer_carbon_indexes_ensure`` replaces them). Without a
+    matching index the carbon sort is still right, only a sort of every candidate."""
+    key = offer_card_carbon_sql("")
+    digest = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    return {
+        f"{OFFER_CARBON_INDEX_PREFIX}{term}_{digest}": (
+            f"CREATE INDEX IF NOT EXISTS {OFFER_CARBON_INDEX_PREFIX}{term}_{digest}"
+            f" ON marketplace_offercard ({key}, {price}, offer_id) WHERE listed"
+        )
+        for term, price in TERM_PRICE_FIELD.items()
+    }
 
 
 def _offer_search_expressions(price: str) -> dict[str, str]:
-    """The SQL of ``offers_list``'s annotations (the same expressions, so the same numbers), for
-    the term price column ``price``. Settings and constants are written in as the ORM's
-    parameters render them (decimal literals); only the grid's region names are quoted."""
-    power = "COALESCE(n.measured_power_w, a.tdp_watts)"
-    grid = settings.SUANLI_GRID_INTENSITY
-    grid_default = Decimal(str(grid.get("default", 0.48)))
-    grid_cases = " ".join(
-        f"WHEN {_sql_string(region)} THEN {Decimal(str(value))}" for region, value in grid.items()
-    )
+    """The SQL of ``offers_list``'s annotations that choose a page (the same expressions, so the
+    same numbers), for the term price column ``price``. Settings and constants are written in as
+    the ORM's parameters render them (decimal literals); only the grid's region names are quoted."""
     return {
         "term_price": f"o.{price}",
         "free": (
@@ -327,57 +331,23 @@ def _offer_search_expressions(price: str) -> dict[str, str]:
             "THEN c.devices ELSE marketplace_node_free_devices(o.node_id, %(t)s::bigint) END"
         ),
         "pflop": f"CASE WHEN a.fp16_tflops > 0 THEN ((o.{price} * 1000) / a.fp16_tflops) ELSE NULL END",
-        # g: the grid table joined on the offer's region (_grid_join), for offers_list's CASE.
-        "kg": f"((({power} * n.pue) * COALESCE(g.intensity, {grid_default})) / 1000)",
-        # The same figure with offers_list's CASE itself, for the page's few rows.
-        "kg_case": f"((({power} * n.pue) * CASE o.region {grid_cases} ELSE {grid_default} END) / 1000)",
-        "tops": f"CASE WHEN a.int8_tops > 0 THEN (a.int8_tops / NULLIF({power}, 0)) ELSE NULL END",
     }
 
 
-def _offer_json_sql(e: dict[str, str]) -> tuple[str, str]:
-    """An offer's JSON as two SQL text expressions, before and after the node's ``software`` (a
-    jsonb, whose text PostgreSQL spaces differently: Python renders it, ``_software_json``)."""
-    # int(Decimal(value)) of the per-PFLOP price: truncated toward zero.
-    pflop_micros = f"trunc({e['pflop']})::bigint"
-    head = (
-        '\'{"id":\' || o.id || \',"node":{"id":\' || n.id'
-        f" || ',\"name\":' || {_JSON_TEXT.format('n.name')}"
-        f" || ',\"provider\":' || {_JSON_TEXT.format('p.name')}"
-        f" || ',\"region\":' || {_JSON_TEXT.format('n.region')}"
-        f" || ',\"cluster\":' || {_JSON_TEXT.format('n.cluster')}"
-        " || ',\"software\":'"
-    )
+def _offer_json_sql(term: str) -> tuple[str, str, str]:
+    """An offer's JSON as three SQL text expressions over its card ``cd``, the page row ``k``
+    (``k.free``: its free devices) and ``x.kg`` (its carbon figure): before the node's
+    ``software`` (a jsonb, whose text PostgreSQL spaces differently: Python renders it,
+    ``_software_json``), the software's jsonb text, and the rest."""
+    pflop = {"reserved": "cd.pflop_reserved", "spot": "cd.pflop_spot"}.get(term, "cd.pflop_on_demand")
     tail = (
-        "',\"pue\":\"' || n.pue::text || '\"'"
-        " || ',\"measured_power_w\":' || coalesce('\"' || n.measured_power_w::text || '\"', 'null')"
-        " || ',\"verified\":' || CASE WHEN n.verified_at IS NULL THEN 'false' ELSE 'true' END"
-        ' || \'},"accelerator":{"id":\' || a.id'
-        f" || ',\"vendor\":' || {_JSON_TEXT.format('a.vendor')}"
-        f" || ',\"model\":' || {_JSON_TEXT.format('a.model')}"
-        f" || ',\"kind\":' || {_JSON_TEXT.format('a.kind')}"
-        " || ',\"memory_gib\":' || a.memory_gib"
-        " || ',\"fp16_tflops\":\"' || a.fp16_tflops::text || '\"'"
-        " || ',\"int8_tops\":\"' || a.int8_tops::text || '\"'"
-        " || ',\"tdp_watts\":' || a.tdp_watts"
-        " || '},\"device_count\":' || o.device_count"
-        f" || ',\"free_devices\":' || ({e['free']})"
-        f" || ',\"region\":' || {_JSON_TEXT.format('o.region')}"
-        f' || \',"on_demand_price":"\' || {_amount_sql("o.on_demand_price_micros")}'
-        f' || \'","reserved_price":"\' || {_amount_sql("o.reserved_price_micros")}'
-        f' || \'","spot_floor":"\' || {_amount_sql("o.spot_floor_micros")}'
-        f' || \'","volume_price":"\' || {_amount_sql("o.volume_price_micros")}'
-        ' || \'","currency":\' || %(currency)s::text'
-        f" || ',\"price_per_pflop_hour\":' || coalesce('\"' || {_amount_sql(pflop_micros)} || '\"', 'null')"
-        f" || ',\"kg_co2e_per_device_hour\":' || coalesce('\"' || {_half_even_sql(e['kg'], 3)} || '\"', 'null')"
-        f" || ',\"tops_per_watt\":' || coalesce('\"' || {_half_even_sql(e['tops'], 2)} || '\"', 'null')"
-        ' || \',"reliability":"\' || o.reliability::text'
-        ' || \'","min_rental_minutes":\' || o.min_rental_minutes'
-        " || ',\"max_rental_hours\":' || o.max_rental_hours"
-        ' || \',"updated_at":"\' || to_char(o.updated_at AT TIME ZONE %(tz)s::text, \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
-        " || '\"}'"
+        "cd.mid || k.free || cd.body || %(currency)s::text"
+        f" || ',\"price_per_pflop_hour\":' || {pflop}"
+        f" || ',\"kg_co2e_per_device_hour\":' || coalesce('\"' || {_half_even_sql('x.kg', 3)} || '\"', 'null')"
+        " || cd.tail"
+        ' || to_char(cd.updated_at AT TIME ZONE %(tz)s::text, \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\') || \'"}\''
     )
-    return head, tail
+    return "cd.head", "cd.software", tail
 
 
 # Per sort: the keyset (see core.api.KeysetPagination), as (expression name or SQL, descending,
@@ -436,8 +406,18 @@ def offer_search_page(
     order and JSON, in one query. ``model`` matches like the API's ``model`` parameter (a catalog
     model, a name vendor tools print, or a model prefix, case-insensitively)."""
     sort = filters.sort if filters.sort in OFFER_SEARCH_KEYSETS else "price"
-    e = _offer_search_expressions(TERM_PRICE_FIELD.get(filters.term, "on_demand_price_micros"))
+    price = TERM_PRICE_FIELD.get(filters.term, "on_demand_price_micros")
+    e = _offer_search_expressions(price)
     e["pflop_sort"] = f"COALESCE({e['pflop']}, {NO_PFLOP_PRICE})"
+    # The carbon sort walks the cards in carbon order (offer_carbon_indexes), reading the figure,
+    # the term price, the region and the model as the card holds them (the offer's, kept by the
+    # triggers), so an offer the region or model filter drops costs no read of the offer.
+    offers = "marketplace_offer o"
+    accelerator_of, region = "o.accelerator_id", "o.region"
+    if sort == "carbon":
+        e.update(kg=offer_card_carbon_sql("cd"), term_price=f"cd.{price}")
+        offers = "marketplace_offercard cd JOIN marketplace_offer o ON o.id = cd.offer_id"
+        accelerator_of, region = "cd.accelerator_id", "cd.region"
     params: dict[str, Any] = {
         "t": epoch_now(),
         "currency": json.dumps(str(settings.SUANLI_CURRENCY), ensure_ascii=False),
@@ -447,7 +427,10 @@ def offer_search_page(
     }
     # Every value from the request is a parameter, cast to its column's type (the statement is
     # prepared: ``_offer_search_execute``).
-    where = ["o.listed", "n.status = %(online)s::text", f"({e['free']}) >= %(min_free)s::bigint"]
+    # The offer's and its model's conditions (``where``), then its node's: a sort that reads every
+    # candidate (price per PFLOP) checks the node and the free devices only for the page's few.
+    where = ["cd.listed", "o.listed"] if sort == "carbon" else ["o.listed"]
+    where_node = ["n.status = %(online)s::text"]
     if filters.kind:
         where.append("a.kind = %(kind)s::text")
         params["kind"] = filters.kind
@@ -474,7 +457,7 @@ def offer_search_page(
         where.append("a.memory_gib >= %(min_memory_gib)s::bigint")
         params["min_memory_gib"] = filters.min_memory_gib
     if filters.region:
-        where.append("o.region = %(region)s::text")
+        where.append(f"{region} = %(region)s::text")
         params["region"] = filters.region
     if filters.max_price_micros is not None:
         where.append(f"{e['term_price']} <= %(max_price)s::bigint")
@@ -484,7 +467,7 @@ def offer_search_page(
         where.append("o.reliability >= %(min_reliability)s::numeric")
         params["min_reliability"] = filters.min_reliability
     if filters.verified is not None:
-        where.append(f"n.verified_at IS {'NOT ' if filters.verified else ''}NULL")
+        where_node.append(f"n.verified_at IS {'NOT ' if filters.verified else ''}NULL")
     keys = OFFER_SEARCH_KEYSETS[sort]
     key_sql = [e.get(name, name) for name, _desc, _kind in keys]
     if after is not None:
@@ -502,44 +485,63 @@ def offer_search_page(
                 equal = [f"{key_sql[j]} = {bounds[j]}" for j in range(i)]
                 steps.append(" AND ".join([*equal, f"{key_sql[i]} {'<' if desc else '>'} {bounds[i]}"]))
             where.append("(" + " OR ".join(f"({step})" for step in steps) + ")")
-    # Two levels: the inner query finds the page's offers carrying only the columns that filter and
-    # order them (a full sort, carbon or price per PFLOP, hashes a few thousand narrow rows, not
-    # wide ones with names and software); the outer one builds those few rows' JSON.
-    head, tail = _offer_json_sql({**e, "free": "k.free", "pflop": "x.pflop", "kg": "x.kg", "tops": "x.tops"})
-    grid = _grid_join()
     keys_out = ", ".join(f"{sql} AS k{i}" for i, sql in enumerate(key_sql))
     order_in = ", ".join(
         f"{sql} {'DESC' if desc else 'ASC'}" for sql, (_n, desc, _k) in zip(key_sql, keys, strict=True)
     )
     order_out = ", ".join(f"k.k{i} {'DESC' if desc else 'ASC'}" for i, (_n, desc, _k) in enumerate(keys))
+    # The limit written in (a whole number from the paginator), not a parameter: a prepared
+    # statement's generic plan would assume a tenth of the rows and hash-join them all.
+    page = f"LIMIT {int(limit) + 1}"
+    if sort == "price_per_pflop":
+        # No index holds this order (a price over the model's FLOPS): sort the candidates that the
+        # offer's and model's columns admit (one narrow scan), then walk them in order, reading
+        # each one's node and free devices, until the page is full.
+        found = (
+            f"SELECT s.offer_id, f.free, {', '.join(f's.k{i}' for i in range(len(keys)))}"  # noqa: S608
+            f" FROM (SELECT o.id AS offer_id, o.node_id, {keys_out} FROM marketplace_offer o"
+            " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
+            # OFFSET 0: sorted here, before the probes below (not flattened into one join).
+            f" WHERE {' AND '.join(where)} ORDER BY {order_in} OFFSET 0) s"
+            " CROSS JOIN LATERAL (SELECT CASE WHEN c.valid_from <= %(t)s::bigint"
+            " AND c.valid_until > %(t)s::bigint AND NOT EXISTS"
+            " (SELECT FROM marketplace_freedevicechange ch WHERE ch.node_id = s.node_id)"
+            " THEN c.devices ELSE marketplace_node_free_devices(s.node_id, %(t)s::bigint) END AS free"
+            " FROM (SELECT) one LEFT JOIN marketplace_freedevicecount c ON c.node_id = s.node_id OFFSET 0) f"
+            f" WHERE EXISTS (SELECT FROM providers_node n WHERE n.id = s.node_id AND {' AND '.join(where_node)})"
+            " AND f.free >= %(min_free)s::bigint"
+            f" ORDER BY {', '.join(f's.k{i}' for i in range(len(keys)))} {page}"
+        )
+    else:
+        free_enough = f"({e['free']}) >= %(min_free)s::bigint"
+        # The other sorts walk an index in the page's order, checking each offer in full as they
+        # go (a few more rows than the page).
+        found = (
+            f"SELECT o.id AS offer_id, ({e['free']}) AS free, {keys_out}"  # noqa: S608
+            f" FROM {offers}"
+            " JOIN providers_node n ON n.id = o.node_id"
+            f" JOIN providers_acceleratormodel a ON a.id = {accelerator_of}"
+            " LEFT JOIN marketplace_freedevicecount c ON c.node_id = o.node_id"
+            # free_devices_expression's NOT EXISTS, as a join: the planner priced that subquery
+            # per row as an index probe and chose to hash-join and sort every offer instead of
+            # walking an index in the page's order (the marks are few; this is one small hash).
+            " LEFT JOIN (SELECT DISTINCT node_id FROM marketplace_freedevicechange) ch ON ch.node_id = o.node_id"
+            f" WHERE {' AND '.join([*where, *where_node, free_enough])}"
+            f" ORDER BY {order_in} {page}"
+        )
+    # Two levels: the inner query finds the page's offers carrying only the columns that filter and
+    # order them; the outer one joins those few rows' cards.
+    head, software, tail = _offer_json_sql(filters.term)
     sql = (
         # Only constant SQL is formatted in; every value from the request is a parameter.
-        f"SELECT {', '.join(f'k.k{i}' for i in range(len(keys)))}, {head}, n.software::text, {tail}"  # noqa: S608
-        f" FROM (SELECT o.id AS offer_id, ({e['free']}) AS free, {keys_out}"
-        " FROM marketplace_offer o"
-        " JOIN providers_node n ON n.id = o.node_id"
-        " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
-        " LEFT JOIN marketplace_freedevicecount c ON c.node_id = o.node_id"
-        # free_devices_expression's NOT EXISTS, as a join: the planner priced that subquery per row
-        # as an index probe and chose to hash-join and sort every offer instead of walking an
-        # index in the page's order (the marks are few; this is one small hash).
-        " LEFT JOIN (SELECT DISTINCT node_id FROM marketplace_freedevicechange) ch ON ch.node_id = o.node_id"
-        # Only the carbon sort needs the grid to choose the page (a join the planner would
-        # otherwise weigh against walking the price or reliability index).
-        f"{grid if sort == 'carbon' else ''}"
-        f" WHERE {' AND '.join(where)}"
-        # The limit written in (a whole number from the paginator), not a parameter: a prepared
-        # statement's generic plan would assume a tenth of the rows and hash-join them all.
-        f" ORDER BY {order_in} LIMIT {int(limit) + 1}) k"
-        # By primary key, row by row (OFFSET 0 keeps the planner from flattening it into a hash
-        # join that scans every offer for the page's few).
-        " CROSS JOIN LATERAL (SELECT * FROM marketplace_offer WHERE id = k.offer_id OFFSET 0) o"
-        " JOIN providers_node n ON n.id = o.node_id"
-        " JOIN providers_provider p ON p.id = n.provider_id"
-        " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
-        # Each figure once per row (OFFSET 0: not pulled up into the JSON, which spells each
-        # figure several times over to round and format it).
-        f" CROSS JOIN LATERAL (SELECT {e['pflop']} AS pflop, {e['kg_case']} AS kg, {e['tops']} AS tops OFFSET 0) x"
+        f"SELECT {', '.join(f'k.k{i}' for i in range(len(keys)))}, {head}, {software}, {tail}"  # noqa: S608
+        f" FROM ({found}) k"
+        # Each page row's card by primary key (OFFSET 0 keeps the planner from flattening it into
+        # a hash join that scans every card for the page's few).
+        " CROSS JOIN LATERAL (SELECT * FROM marketplace_offercard WHERE offer_id = k.offer_id OFFSET 0) cd"
+        # The carbon figure once per row (OFFSET 0: not pulled up into the JSON, which spells it
+        # several times over to round it).
+        f" CROSS JOIN LATERAL (SELECT {offer_card_carbon_sql('cd')} AS kg OFFSET 0) x"
         f" ORDER BY {order_out}"
     )
     rows = _offer_search_execute(sql, params)
@@ -584,6 +586,14 @@ def _offer_search_execute(sql: str, params: dict[str, Any]) -> list[tuple[Any, .
             if len(prepared) >= PREPARED_PER_CONNECTION:
                 cursor.execute(sql, params)
                 return cursor.fetchall()
+            if not prepared:
+                # Plan each statement once. Left to choose, PostgreSQL re-planned the carbon search
+                # at every call (~2.5 ms, longer than running it): its generic plan's estimate was
+                # a little above the custom plans', though both walk the same index. Each filter
+                # combination is its own statement and the limit is written in, so a generic plan
+                # differs from a custom one only in what the values select. Only prepared
+                # statements follow this setting; nothing else on the connection prepares.
+                cursor.execute("SET plan_cache_mode = force_generic_plan")
             cursor.execute(f"PREPARE {name} AS {statement}")
             prepared.add(name)
         cursor.execute(f"EXECUTE {name}({', '.join(['%s'] * len(names))})", [params[n] for n in names])

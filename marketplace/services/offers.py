@@ -178,8 +178,11 @@ def offer_free_devices_refresh(*, at: datetime | None = None) -> int:
     (READ COMMITTED: a newer snapshot), so every write whose mark it clears is in the count; marks
     committed meanwhile stay for the next run, and until then readers count those nodes live. It
     takes no lock a slot writer waits on; one refresh runs at a time (a concurrent call returns 0
-    at once). Safe to run twice. Runs on the beat (``marketplace-offer-free-devices``).
+    at once). Safe to run twice. Runs on the beat (``marketplace-offer-free-devices``), which is
+    also where the carbon sort's indexes follow a change of the grid intensities
+    (``offer_carbon_indexes_ensure``).
     """
+    offer_carbon_indexes_ensure()
     t = int((at or timezone.now()).timestamp())
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [FREE_COUNT_REFRESH_LOCK])
@@ -196,3 +199,49 @@ def offer_free_devices_refresh(*, at: datetime | None = None) -> int:
         )
     log.info("offer.free_devices_refreshed nodes=%s", len(node_ids))
     return len(node_ids)
+
+
+# --- The carbon sort's indexes ---------------------------------------------------------------------
+
+OFFER_CARBON_INDEX_LOCK = 0x5A4C_CA4B
+# The index sets this process has seen in place, by database: the check is one catalog query, made
+# once per process and settings (the beat's refresh calls it every few seconds).
+_CARBON_INDEXES_SEEN: set[tuple[str, frozenset[str]]] = set()
+
+
+def offer_carbon_indexes_ensure() -> bool:
+    """Build the carbon sort's indexes for the grid intensities in the settings
+    (``marketplace.selectors.offer_carbon_indexes``) and drop those built for others. Their
+    expression holds the intensities, so a changed ``SUANLI_GRID_INTENSITY`` needs new ones; until
+    they exist the carbon sort stays right, only slower. Run after ``migrate`` and by the beat's
+    free-count refresh; returns whether it changed anything."""
+    from marketplace.selectors import OFFER_CARBON_INDEX_PREFIX, offer_carbon_indexes
+
+    wanted = offer_carbon_indexes()
+    seen_key = (str(connection.settings_dict["NAME"]), frozenset(wanted))
+    if seen_key in _CARBON_INDEXES_SEEN:
+        return False
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('marketplace_offercard') IS NOT NULL")
+        if not cursor.fetchone()[0]:
+            return False
+        # One builder at a time (every process calls this after a deploy).
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [OFFER_CARBON_INDEX_LOCK])
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'marketplace_offercard' AND indexname LIKE %s",
+            [OFFER_CARBON_INDEX_PREFIX.replace("_", r"\_") + "%"],
+        )
+        present = {row[0] for row in cursor.fetchall()}
+        if present != set(wanted):
+            # DDL waits for no deferred check of this transaction's card writes (a caller's open
+            # transaction: the checks run now instead of at its commit).
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        for name in sorted(present - set(wanted)):
+            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+        for name in sorted(set(wanted) - present):
+            cursor.execute(wanted[name])
+    _CARBON_INDEXES_SEEN.add(seen_key)
+    changed = present != set(wanted)
+    if changed:
+        log.info("offer.carbon_indexes_built names=%s", ",".join(sorted(wanted)))
+    return changed

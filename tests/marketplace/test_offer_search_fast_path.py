@@ -28,7 +28,7 @@ from rest_framework.test import APIClient, APIRequestFactory
 from core.money import format_amount
 from marketplace.api.trading import OfferListView
 from marketplace.models import Offer
-from marketplace.selectors import _amount_sql, _half_even_sql
+from marketplace.selectors import _half_even_sql
 from marketplace.services.offers import offer_free_devices_refresh
 from providers.models import AcceleratorModel, Device, DeviceHealth, Node, NodeStatus, Provider
 
@@ -169,6 +169,97 @@ def build_market(plans: list[dict[str, Any]], *, refresh: bool, fail_after: list
             Device.objects.filter(pk=ids[index % len(ids)]).update(health=DeviceHealth.FAILED)
 
 
+# Writes after the market is built, to every table an offer's stored card shows (migration 0012's
+# triggers must follow each): (what, which row, a value).
+WRITES = (
+    "provider_name", "node_name", "node_region", "node_cluster", "node_software", "node_pue",
+    "node_power", "node_verified", "node_save", "accelerator_tdp", "accelerator_fp16",
+    "accelerator_int8", "accelerator_memory", "accelerator_model", "offer_prices", "offer_reliability",
+    "offer_region", "offer_rental", "offer_save", "offer_accelerator",
+)  # fmt: skip
+writes = st.lists(st.tuples(st.sampled_from(WRITES), st.integers(0, 1000), names), max_size=6)
+
+
+def apply_writes(ops: list[tuple[str, int, str]]) -> None:
+    nodes = list(Node.objects.order_by("id"))
+    catalog = list(AcceleratorModel.objects.order_by("id"))
+    if not nodes:
+        return
+    now = timezone.now()
+    for what, number, text in ops:
+        node = nodes[number % len(nodes)]
+        nodes_of = Node.objects.filter(pk=node.pk)
+        offers_of = Offer.objects.filter(node_id=node.pk)
+        accelerator = AcceleratorModel.objects.filter(pk=Offer.objects.get(node_id=node.pk).accelerator_id)
+        match what:
+            case "provider_name":
+                Provider.objects.filter(pk=node.provider_id).update(name=text)
+            case "node_name":
+                nodes_of.update(name=text)
+            case "node_region":
+                nodes_of.update(region=["cn-east", "us-west", "mars-1"][number % 3])
+            case "node_cluster":
+                nodes_of.update(cluster=text[:32])
+            case "node_software":
+                nodes_of.update(software={"cuda": text, "n": number})
+            case "node_pue":
+                nodes_of.update(pue=Decimal(100 + number % 200) / 100)
+            case "node_power":
+                nodes_of.update(measured_power_w=None if number % 3 == 0 else Decimal(number * 7) / 10)
+            case "node_verified":
+                nodes_of.update(verified_at=None if number % 2 else now)
+            case "node_save":
+                node.refresh_from_db()
+                node.name, node.pue = text, Decimal(number % 200 + 100) / 100
+                node.save()
+            case "accelerator_tdp":
+                accelerator.update(tdp_watts=number)
+            case "accelerator_fp16":
+                accelerator.update(fp16_tflops=Decimal(number * 3) / 2)
+            case "accelerator_int8":
+                accelerator.update(int8_tops=Decimal(number))
+            case "accelerator_memory":
+                accelerator.update(memory_gib=number % 200)
+            case "accelerator_model":
+                # Model names are unique: each one here carries its row's id.
+                pk = accelerator.get().pk
+                accelerator.update(model=[f"H100 v{pk}", f"910B-{pk}", f"{text[:40]} {pk}"][number % 3])
+            case "offer_prices":
+                offers_of.update(
+                    on_demand_price_micros=number * 12_345,
+                    reserved_price_micros=number * 10_001,
+                    spot_floor_micros=number * 3_333,
+                    volume_price_micros=number,
+                )
+            case "offer_reliability":
+                offers_of.update(reliability=Decimal(number) / 1000)
+            case "offer_region":
+                offers_of.update(region=["cn-east", "cn-north", "us-west", "mars-1", ""][number % 5])
+            case "offer_rental":
+                offers_of.update(min_rental_minutes=1 + number, max_rental_hours=1 + number % 50)
+            case "offer_save":
+                offer = offers_of.get()
+                offer.device_count, offer.listed = 1 + number % 4, number % 5 != 0
+                offer.save()
+            case "offer_accelerator":
+                offers_of.update(accelerator=catalog[number % len(catalog)])
+
+
+def assert_cards_current() -> None:
+    """Every offer has a card, and it is what the write function makes of the rows now: the
+    triggers missed no write, shown or not (unlisted offers, offline nodes included)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM marketplace_offer o LEFT JOIN marketplace_offercard c ON c.offer_id = o.id WHERE c.offer_id IS NULL"
+        )
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("SELECT * FROM marketplace_offercard ORDER BY offer_id")
+        kept = cursor.fetchall()
+        cursor.execute("SELECT marketplace_offer_cards_write(ARRAY(SELECT id FROM marketplace_offer))")
+        cursor.execute("SELECT * FROM marketplace_offercard ORDER BY offer_id")
+        assert cursor.fetchall() == kept
+
+
 def query_string(params: dict[str, str]) -> str:
     from urllib.parse import urlencode
 
@@ -185,13 +276,16 @@ def query_string(params: dict[str, str]) -> str:
     refresh=st.booleans(),
     fail_after=st.lists(st.integers(0, 100), max_size=2),
     searches=st.lists(filters, min_size=1, max_size=4),
+    ops=writes,
 )
-@example(plans=[], refresh=False, fail_after=[], searches=[{}])
-def test_fast_path_pages_equal_the_orm_pages_on_random_markets(plans, refresh, fail_after, searches):
+@example(plans=[], refresh=False, fail_after=[], searches=[{}], ops=[])
+def test_fast_path_pages_equal_the_orm_pages_on_random_markets(plans, refresh, fail_after, searches, ops):
     try:
         with transaction.atomic():
-            # Given a random market
+            # Given a random market, and random writes to what its offers show
             build_market(plans, refresh=refresh, fail_after=fail_after)
+            apply_writes(ops)
+            assert_cards_current()
             for search in searches:
                 # When both paths list it, page by page: the same bytes
                 assert_same_pages(query_string(search))
@@ -306,7 +400,7 @@ def test_the_page_is_one_prepared_statement(django_assert_max_num_queries):
 @given(micros=st.integers(-(10**13), 10**13) | st.sampled_from([0, 1, 10, 100_000, 1_000_000, 1_234_500]))
 def test_amounts_formatted_in_sql_equal_format_amount(micros):
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_amount_sql('%(v)s::bigint')}", {"v": micros})
+        cursor.execute("SELECT marketplace_amount(%(v)s::bigint)", {"v": micros})
         assert cursor.fetchone()[0] == format_amount(micros)
 
 
@@ -345,3 +439,75 @@ def test_past_the_prepared_statement_cap_the_search_runs_unprepared_with_the_sam
     for sort in ("price", "reliability", "carbon"):
         assert assert_same_pages(f"?sort={sort}&limit=2&model=h&max_price=1.000003&min_reliability=0.5") == 4
     assert not marketplace.selectors._PREPARED.get(connection.connection)
+
+
+def test_each_search_statement_is_planned_once():
+    build_market(
+        [{**PLAIN, "name": f"n{i}", "on_demand": 1_000_000 + i} for i in range(8)],
+        refresh=True,
+        fail_after=[],
+    )
+    client = APIClient()
+    queries = [
+        f"?sort={sort}&limit=3&term=spot" for sort in ("price", "price_per_pflop", "reliability", "carbon")
+    ]
+    for _ in range(12):
+        for query in queries:
+            assert client.get(f"/api/v1/offers{query}").status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name LIKE 'offer\\_search\\_%%'"
+        )
+        plans = cursor.fetchall()
+    # One statement per sort, each run 12 times on one generic plan (re-planning a search cost
+    # more than running it).
+    assert len(plans) == 4
+    assert all(custom == 0 and generic == 12 for generic, custom in plans), plans
+
+
+def carbon_indexes_present() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'marketplace_offercard'"
+            " AND indexname LIKE 'offercard\\_carbon\\_%%'"
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_migrating_builds_the_carbon_indexes_for_the_settings():
+    from marketplace.selectors import offer_carbon_indexes
+
+    # The test database was migrated with these settings (post_migrate).
+    assert carbon_indexes_present() == set(offer_carbon_indexes()) != set()
+
+
+def test_new_grid_intensities_get_new_carbon_indexes_and_the_search_follows_them(monkeypatch, settings):
+    import marketplace.services.offers as offers_service
+    from marketplace.selectors import offer_carbon_indexes
+
+    build_market(
+        [
+            {**PLAIN, "name": f"n{i}", "region": region, "measured_power": 7000 + i}
+            for i, region in enumerate(["cn-east", "us-west", "eu-north", "mars-1"] * 3)
+        ],
+        refresh=True,
+        fail_after=[],
+    )
+    before = carbon_indexes_present()
+    monkeypatch.setattr(offers_service, "_CARBON_INDEXES_SEEN", set())
+    # Given an operator who changes the grid intensities (us-west now the dirtiest grid)
+    settings.SUANLI_GRID_INTENSITY = {**settings.SUANLI_GRID_INTENSITY, "us-west": 1.25, "default": 0.1}
+    # Before the indexes follow, the carbon sort is already in the new order (only slower)
+    first = json.loads(get(FAST, "?sort=carbon").content)["results"]
+    assert first[-1]["region"] == "us-west"
+    assert_same_pages("?sort=carbon&limit=5")
+    # When the beat's refresh runs: indexes for the new figures replace the old ones
+    offer_free_devices_refresh()
+    after = carbon_indexes_present()
+    assert after == set(offer_carbon_indexes()) and not after & before and len(after) == 3
+    # And the search still equals the ORM's, page by page, for every term
+    for term in ("on_demand", "reserved", "spot"):
+        assert assert_same_pages(f"?sort=carbon&limit=5&term={term}") == 12
+    # Running it again changes nothing
+    monkeypatch.setattr(offers_service, "_CARBON_INDEXES_SEEN", set())
+    assert offers_service.offer_carbon_indexes_ensure() is False
