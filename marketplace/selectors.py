@@ -320,16 +320,24 @@ def offer_carbon_indexes() -> dict[str, str]:
     }
 
 
+def _free_devices_sql(node_id: str, unmarked: str) -> str:
+    """``free_devices_expression`` in SQL for the node ``node_id``: its stored count ``c`` while
+    ``%(t)s`` is in the count's window and ``unmarked`` (no write marked the node since), else
+    counted from the rows."""
+    return (
+        f"CASE WHEN c.valid_from <= %(t)s::bigint AND c.valid_until > %(t)s::bigint AND {unmarked}"
+        f" THEN c.devices ELSE marketplace_node_free_devices({node_id}, %(t)s::bigint) END"
+    )
+
+
 def _offer_search_expressions(price: str) -> dict[str, str]:
     """The SQL of ``offers_list``'s annotations that choose a page (the same expressions, so the
-    same numbers), for the term price column ``price``. Settings and constants are written in as
-    the ORM's parameters render them (decimal literals); only the grid's region names are quoted."""
+    same numbers), for the term price column ``price``; constants are written in as the ORM's
+    parameters render them (decimal literals)."""
     return {
         "term_price": f"o.{price}",
-        "free": (
-            "CASE WHEN c.valid_from <= %(t)s::bigint AND c.valid_until > %(t)s::bigint AND ch.node_id IS NULL "
-            "THEN c.devices ELSE marketplace_node_free_devices(o.node_id, %(t)s::bigint) END"
-        ),
+        # ch: the marked nodes, joined (see offer_search_page).
+        "free": _free_devices_sql("o.node_id", "ch.node_id IS NULL"),
         "pflop": f"CASE WHEN a.fp16_tflops > 0 THEN ((o.{price} * 1000) / a.fp16_tflops) ELSE NULL END",
     }
 
@@ -339,7 +347,7 @@ def _offer_json_sql(term: str) -> tuple[str, str, str]:
     (``k.free``: its free devices) and ``x.kg`` (its carbon figure): before the node's
     ``software`` (a jsonb, whose text PostgreSQL spaces differently: Python renders it,
     ``_software_json``), the software's jsonb text, and the rest."""
-    pflop = {"reserved": "cd.pflop_reserved", "spot": "cd.pflop_spot"}.get(term, "cd.pflop_on_demand")
+    pflop = f"cd.pflop_{term if term in TERM_PRICE_FIELD else 'on_demand'}"
     tail = (
         "cd.mid || k.free || cd.body || %(currency)s::text"
         f" || ',\"price_per_pflop_hour\":' || {pflop}"
@@ -426,9 +434,9 @@ def offer_search_page(
         "online": NodeStatus.ONLINE.value,
     }
     # Every value from the request is a parameter, cast to its column's type (the statement is
-    # prepared: ``_offer_search_execute``).
-    # The offer's and its model's conditions (``where``), then its node's: a sort that reads every
-    # candidate (price per PFLOP) checks the node and the free devices only for the page's few.
+    # prepared: ``_offer_search_execute``). The offer's and its model's conditions (``where``), then
+    # its node's: a sort that reads every candidate (price per PFLOP) checks the node and the free
+    # devices only for the page's few.
     where = ["cd.listed", "o.listed"] if sort == "carbon" else ["o.listed"]
     where_node = ["n.status = %(online)s::text"]
     if filters.kind:
@@ -503,11 +511,12 @@ def offer_search_page(
             " JOIN providers_acceleratormodel a ON a.id = o.accelerator_id"
             # OFFSET 0: sorted here, before the probes below (not flattened into one join).
             f" WHERE {' AND '.join(where)} ORDER BY {order_in} OFFSET 0) s"
-            " CROSS JOIN LATERAL (SELECT CASE WHEN c.valid_from <= %(t)s::bigint"
-            " AND c.valid_until > %(t)s::bigint AND NOT EXISTS"
-            " (SELECT FROM marketplace_freedevicechange ch WHERE ch.node_id = s.node_id)"
-            " THEN c.devices ELSE marketplace_node_free_devices(s.node_id, %(t)s::bigint) END AS free"
-            " FROM (SELECT) one LEFT JOIN marketplace_freedevicecount c ON c.node_id = s.node_id OFFSET 0) f"
+            " CROSS JOIN LATERAL (SELECT "
+            + _free_devices_sql(
+                "s.node_id",
+                "NOT EXISTS (SELECT FROM marketplace_freedevicechange ch WHERE ch.node_id = s.node_id)",
+            )
+            + " AS free FROM (SELECT) one LEFT JOIN marketplace_freedevicecount c ON c.node_id = s.node_id OFFSET 0) f"
             f" WHERE EXISTS (SELECT FROM providers_node n WHERE n.id = s.node_id AND {' AND '.join(where_node)})"
             " AND f.free >= %(min_free)s::bigint"
             f" ORDER BY {', '.join(f's.k{i}' for i in range(len(keys)))} {page}"

@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 from core.errors import ValidationFailed
 from core.money import format_amount
 from marketplace.models import MAX_PRICE_MICROS, SPAN_DEVICE_STRIDE, Offer
+from marketplace.selectors import OFFER_CARBON_INDEX_PREFIX, offer_carbon_indexes
 from providers.models import Device, Node, NodeStatus
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,6 @@ def offer_carbon_indexes_ensure() -> bool:
     expression holds the intensities, so a changed ``SUANLI_GRID_INTENSITY`` needs new ones; until
     they exist the carbon sort stays right, only slower. Run after ``migrate`` and by the beat's
     free-count refresh; returns whether it changed anything."""
-    from marketplace.selectors import OFFER_CARBON_INDEX_PREFIX, offer_carbon_indexes
-
     wanted = offer_carbon_indexes()
     seen_key = (str(connection.settings_dict["NAME"]), frozenset(wanted))
     if seen_key in _CARBON_INDEXES_SEEN:
